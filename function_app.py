@@ -1,0 +1,54 @@
+"""Azure Functions entry point (Python v2 model): binds triggers to handlers, nothing more.
+
+Binding settings are app-setting names: ``%NOTIFICATIONS_QUEUE%`` and ``%RECONCILE_SCHEDULE%``
+are resolved by the host, and ``ServiceBusConnection`` names the identity-based connection
+(``ServiceBusConnection__fullyQualifiedNamespace``).
+"""
+
+import logging
+
+import azure.functions as func
+
+from shared.entrypoints import triggers
+from shared.entrypoints.api import create_api
+from shared.service.handlers import DeadLettered
+
+# The API authenticates every route itself (bearer tokens with roles), so the host lets all
+# requests through to it; function keys would be a second, weaker secret to manage.
+app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.ANONYMOUS)
+
+log = logging.getLogger("function_app")
+
+
+@app.function_name(name="dispatch_notification")
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="%NOTIFICATIONS_QUEUE%", connection="ServiceBusConnection")
+def dispatch_notification(msg: func.ServiceBusMessage) -> None:
+    outcome = triggers.dispatch_queue_message(msg.get_body())
+    if isinstance(outcome, DeadLettered):
+        # The ledger holds the dead letter with its reason; returning completes the message so
+        # the host does not redeliver it in a hot loop.
+        log.warning("message %s dead-lettered in the ledger: %s", msg.message_id, outcome.reason)
+
+
+@app.function_name(name="apply_delivery_report")
+@app.event_grid_trigger(arg_name="event")
+def apply_delivery_report(event: func.EventGridEvent) -> None:
+    triggers.apply_events(
+        [
+            {
+                "id": event.id,
+                "topic": event.topic,
+                "subject": event.subject,
+                "eventType": event.event_type,
+                "eventTime": event.event_time.isoformat() if event.event_time else None,
+                "dataVersion": event.data_version,
+                "data": event.get_json(),
+            }
+        ]
+    )
+
+
+@app.function_name(name="reconcile")
+@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def reconcile(timer: func.TimerRequest) -> None:
+    triggers.run_reconciliation()

@@ -1,0 +1,262 @@
+"""The embedded ledger: one SQLite file shared by the local stack's processes.
+
+Each notification is one row: a JSON document plus the few columns that queries filter on, so a
+lookup by id is a primary-key read and a reconciliation window is a range scan over an index on
+acceptance time, whatever the size of the history.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..domain.errors import ConcurrencyConflict
+from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    queued INTEGER NOT NULL DEFAULT 0,
+    -- earliest send time among recipients still waiting for a report; NULL when none wait
+    awaiting_since REAL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_window ON notifications (created_at, channel, status);
+CREATE INDEX IF NOT EXISTS notifications_awaiting ON notifications (awaiting_since)
+    WHERE awaiting_since IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_unqueued ON notifications (created_at) WHERE queued = 0;
+CREATE TABLE IF NOT EXISTS message_ids (
+    message_id TEXT PRIMARY KEY,
+    notification_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parked_reports (
+    event_id TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    parked_at REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parked_reports_message ON parked_reports (message_id);
+"""
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqliteLedger:
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._transaction() as db:
+            db.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------ connection
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode loses at most the last transactions on power loss, never corrupts;
+            # the trade is worth it for intake latency on the local stack.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _transaction(self) -> SqliteLedger._Tx:
+        return self._Tx(self._connection())
+
+    # ------------------------------------------------------------------ rows
+
+    @staticmethod
+    def _columns(n: Notification) -> dict:
+        waiting = [r.updated_at for r in n.recipients if r.status is RecipientStatus.SENT and r.updated_at]
+        return {
+            "id": n.id,
+            "channel": n.channel.value,
+            "status": n.status.value,
+            "created_at": _ts(n.created_at),
+            "updated_at": _ts(n.updated_at),
+            "idempotency_key": n.idempotency_key,
+            "queued": 1 if n.queued_at else 0,
+            "awaiting_since": _ts(min(waiting)) if waiting else None,
+            "doc": n.model_dump_json(exclude={"version"}),
+        }
+
+    @staticmethod
+    def _load(doc: str, version: int) -> Notification:
+        notification = Notification.model_validate_json(doc)
+        notification.version = version
+        return notification
+
+    @staticmethod
+    def _index_message_ids(db: sqlite3.Connection, n: Notification) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO message_ids (message_id, notification_id) VALUES (?, ?)",
+            [(message_id, n.id) for message_id in n.message_ids],
+        )
+
+    # ------------------------------------------------------------------ Ledger port
+
+    def add(self, notification: Notification) -> Notification:
+        row = self._columns(notification)
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
+                    " queued, awaiting_since, version, doc) VALUES (:id, :channel, :status, :created_at,"
+                    " :updated_at, :idempotency_key, :queued, :awaiting_since, 1, :doc)",
+                    row,
+                )
+                self._index_message_ids(db, notification)
+        except sqlite3.IntegrityError:
+            existing = self._by_idempotency_key(notification.idempotency_key)
+            if existing is None:
+                raise
+            return existing
+        notification.version = 1
+        return notification
+
+    def _by_idempotency_key(self, key: str | None) -> Notification | None:
+        if key is None:
+            return None
+        row = self._connection().execute(
+            "SELECT doc, version FROM notifications WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        return self._load(*row) if row else None
+
+    def get(self, notification_id: str) -> Notification | None:
+        row = self._connection().execute(
+            "SELECT doc, version FROM notifications WHERE id = ?", (notification_id,)
+        ).fetchone()
+        return self._load(*row) if row else None
+
+    def save(self, notification: Notification) -> None:
+        if self.save_many([notification]):
+            raise ConcurrencyConflict(notification.id)
+
+    def save_many(self, notifications: list[Notification]) -> list[Notification]:
+        lost: list[Notification] = []
+        with self._transaction() as db:
+            for n in notifications:
+                row = self._columns(n) | {"version": n.version}
+                cursor = db.execute(
+                    "UPDATE notifications SET status = :status, updated_at = :updated_at, queued = :queued,"
+                    " awaiting_since = :awaiting_since, version = version + 1, doc = :doc"
+                    " WHERE id = :id AND version = :version",
+                    row,
+                )
+                if cursor.rowcount == 0:
+                    lost.append(n)
+                    continue
+                self._index_message_ids(db, n)
+        lost_ids = {id(n) for n in lost}
+        for n in notifications:
+            if id(n) not in lost_ids:
+                n.version += 1
+        return lost
+
+    def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
+        wanted = sorted(set(message_ids))
+        db = self._connection()
+        owners: dict[str, str] = {}
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            owners.update(
+                db.execute(f"SELECT message_id, notification_id FROM message_ids WHERE message_id IN ({marks})", chunk)
+            )
+        loaded: dict[str, Notification] = {}
+        ids = sorted(set(owners.values()))
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for nid, doc, version in db.execute(
+                f"SELECT id, doc, version FROM notifications WHERE id IN ({marks})", chunk
+            ):
+                loaded[nid] = self._load(doc, version)
+        return {mid: loaded[nid] for mid, nid in owners.items() if nid in loaded}
+
+    def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
+        now = datetime.now(timezone.utc).timestamp()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO parked_reports (event_id, message_id, parked_at, doc) VALUES (?, ?, ?, ?)",
+                [(r.event_id, r.message_id, now, r.model_dump_json()) for r in reports],
+            )
+
+    def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+        wanted = sorted(set(message_ids))
+        taken: list[DeliveryReport] = []
+        with self._transaction() as db:
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT event_id, doc FROM parked_reports WHERE message_id IN ({marks})", chunk
+                ).fetchall()
+                if rows:
+                    db.executemany("DELETE FROM parked_reports WHERE event_id = ?", [(r[0],) for r in rows])
+                    taken.extend(DeliveryReport.model_validate_json(r[1]) for r in rows)
+        return taken
+
+    def parked_reports(self, limit: int) -> list[DeliveryReport]:
+        rows = self._connection().execute("SELECT doc FROM parked_reports ORDER BY parked_at LIMIT ?", (limit,))
+        return [DeliveryReport.model_validate_json(doc) for (doc,) in rows]
+
+    def status_counts(
+        self, *, start: datetime, end: datetime, channel: Channel | None = None
+    ) -> dict[tuple[Channel, NotificationStatus], int]:
+        sql = "SELECT channel, status, COUNT(*) FROM notifications WHERE created_at >= ? AND created_at < ?"
+        args: list = [_ts(start), _ts(end)]
+        if channel is not None:
+            sql += " AND channel = ?"
+            args.append(channel.value)
+        sql += " GROUP BY channel, status"
+        return {
+            (Channel(ch), NotificationStatus(st)): count for ch, st, count in self._connection().execute(sql, args)
+        }
+
+    def awaiting_reports(self, *, sent_before: datetime, limit: int) -> list[Notification]:
+        rows = self._connection().execute(
+            "SELECT doc, version FROM notifications WHERE awaiting_since IS NOT NULL AND awaiting_since <= ?"
+            " ORDER BY awaiting_since LIMIT ?",
+            (_ts(sent_before), limit),
+        )
+        return [self._load(doc, version) for doc, version in rows]
+
+    def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
+        rows = self._connection().execute(
+            "SELECT doc, version FROM notifications WHERE queued = 0 AND created_at <= ? ORDER BY created_at LIMIT ?",
+            (_ts(accepted_before), limit),
+        )
+        return [self._load(doc, version) for doc, version in rows]
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

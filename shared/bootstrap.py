@@ -1,0 +1,113 @@
+"""Composition root: the only place that reads settings and builds adapters and SDK clients.
+
+Everything is built on first use, so importing ``function_app`` (in a test, or while the
+Functions host indexes functions) needs no environment at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from functools import cached_property
+
+from .config import Settings, load_settings
+from .service.retry import RetryPolicy
+
+#: Matches the Service Bus queue's duplicate detection window in infra.
+DUPLICATE_DETECTION_WINDOW = timedelta(minutes=10)
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def clock(self):
+        from .adapters.clock import SystemClock
+
+        return SystemClock()
+
+    @cached_property
+    def policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(max_attempts=s.max_send_attempts, base_seconds=s.retry_base_seconds, max_seconds=s.retry_max_seconds)
+
+    @cached_property
+    def ledger(self):
+        from .adapters.sqlite_ledger import SqliteLedger
+
+        return SqliteLedger(self.settings.data_dir / "ledger.sqlite3")
+
+    @cached_property
+    def queue(self):
+        from .adapters.embedded_queue import EmbeddedQueue
+
+        s = self.settings
+        return EmbeddedQueue(
+            s.data_dir / "queue.sqlite3",
+            s.notifications_queue,
+            max_delivery_count=s.queue_max_delivery_count,
+            lock_duration=timedelta(seconds=s.queue_lock_seconds),
+            duplicate_detection_window=DUPLICATE_DETECTION_WINDOW,
+            clock=self.clock,
+        )
+
+    @property
+    def publisher(self):
+        return self.queue
+
+    def _acs_credential(self):
+        if self.settings.acs_access_key:
+            from azure.core.credentials import AzureKeyCredential
+
+            return AzureKeyCredential(self.settings.acs_access_key)
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    def _acs_client_options(self) -> dict:
+        # retry_total=0: the SDK's own retries would sleep inside the worker, honouring
+        # Retry-After for minutes; our retry policy reschedules through the queue instead.
+        return {
+            "retry_total": 0,
+            "connection_timeout": min(10.0, self.settings.acs_timeout_seconds),
+            "read_timeout": self.settings.acs_timeout_seconds,
+        }
+
+    @cached_property
+    def email_sender(self):
+        from azure.communication.email import EmailClient
+
+        from .adapters.acs_email import AcsEmailSender
+
+        client = EmailClient(self.settings.acs_endpoint, self._acs_credential(), **self._acs_client_options())
+        return AcsEmailSender(client)
+
+    @cached_property
+    def sms_sender(self):
+        from azure.communication.sms import SmsClient
+
+        from .adapters.acs_sms import AcsSmsSender
+
+        client = SmsClient(self.settings.acs_endpoint, self._acs_credential(), **self._acs_client_options())
+        return AcsSmsSender(client)
+
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def services() -> Services:
+    """The process-wide services, built from the environment on first call."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = Services(load_settings())
+        return _services
+
+
+def use(custom: Services | None) -> None:
+    """Replace the process-wide services (tests, the local runner)."""
+    global _services
+    with _lock:
+        _services = custom

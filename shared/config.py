@@ -1,0 +1,110 @@
+"""Every app setting the service reads, validated in one place.
+
+Names match the Function App's app settings (and ``local.settings.sample.json``), so the same
+values work in Azure and on the local stack. An invalid value stops start-up with a message that
+names the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROLES = ("sender", "operator", "eventgrid")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", populate_by_name=True)
+
+    # Where the service runs. "local" allows the static dev keys; "azure" refuses them.
+    environment: Literal["local", "azure"] = Field("local", alias="NOTIFY_ENVIRONMENT")
+    dev_keys: str = Field("", alias="NOTIFY_DEV_KEYS")
+    data_dir: Path = Field(Path(".data"), alias="NOTIFY_DATA_DIR")
+
+    ledger_backend: Literal["sqlite"] = Field("sqlite", alias="LEDGER_BACKEND")
+    queue_backend: Literal["embedded"] = Field("embedded", alias="QUEUE_BACKEND")
+    notifications_queue: str = Field("notifications", alias="NOTIFICATIONS_QUEUE")
+
+    acs_endpoint: str = Field(..., alias="ACS_ENDPOINT")
+    # Only for the local emulator; in Azure the managed identity authenticates.
+    acs_access_key: str | None = Field(None, alias="ACS_ACCESS_KEY")
+    # The ACS resource whose delivery reports are trusted (Event Grid `topic` / CloudEvents `source`).
+    acs_resource_id: str = Field(..., alias="ACS_RESOURCE_ID")
+
+    # Comma-separated allow-lists; the first entry is the default sender.
+    email_senders: Annotated[list[str], NoDecode] = Field(..., alias="EMAIL_SENDERS")
+    sms_senders: Annotated[list[str], NoDecode] = Field(..., alias="SMS_SENDERS")
+
+    max_send_attempts: int = Field(8, alias="MAX_SEND_ATTEMPTS", ge=1, le=100)
+    retry_base_seconds: float = Field(2.0, alias="RETRY_BASE_SECONDS", gt=0)
+    retry_max_seconds: float = Field(900.0, alias="RETRY_MAX_SECONDS", gt=0)
+    acs_timeout_seconds: float = Field(30.0, alias="ACS_TIMEOUT_SECONDS", gt=0)
+    delivery_report_deadline_seconds: int = Field(3600, alias="DELIVERY_REPORT_DEADLINE_SECONDS", ge=1)
+    max_request_bytes: int = Field(256 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
+
+    dispatch_concurrency: int = Field(8, alias="DISPATCH_CONCURRENCY", ge=1, le=256)
+    queue_lock_seconds: int = Field(60, alias="QUEUE_LOCK_SECONDS", ge=5, le=300)
+    queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
+    reconcile_interval_seconds: float = Field(30.0, alias="RECONCILE_INTERVAL_SECONDS", gt=0)
+
+    @field_validator("email_senders", "sms_senders", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("email_senders", "sms_senders")
+    @classmethod
+    def _at_least_one(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one sender; the first is the default")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("RETRY_MAX_SECONDS must not be below RETRY_BASE_SECONDS")
+        if self.environment == "azure" and self.dev_keys:
+            raise ValueError("NOTIFY_DEV_KEYS must be empty when NOTIFY_ENVIRONMENT=azure")
+        self.parsed_dev_keys()  # fail at start-up, not on the first request
+        return self
+
+    def parsed_dev_keys(self) -> dict[str, str]:
+        """Map token -> role from ``role=key,role=key``."""
+        keys: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.dev_keys.split(","))):
+            role, sep, key = pair.partition("=")
+            role, key = role.strip(), key.strip()
+            if not sep or role not in ROLES or not key:
+                raise ValueError(f"NOTIFY_DEV_KEYS entries must be role=key with role one of {', '.join(ROLES)}")
+            keys[key] = role
+        return keys
+
+    @property
+    def default_email_sender(self) -> str:
+        return self.email_senders[0]
+
+    @property
+    def default_sms_sender(self) -> str:
+        return self.sms_senders[0]
+
+
+class SettingsError(RuntimeError):
+    """Start-up stopped because a setting is missing or invalid."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("Invalid app settings: " + "; ".join(problems)) from None

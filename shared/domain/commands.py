@@ -1,0 +1,40 @@
+"""Commands: what a caller asks the service to do, already validated at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .model import Channel, DeliveryReport, Recipient
+
+
+@dataclass(frozen=True)
+class SubmitNotification:
+    channel: Channel
+    sender: str
+    recipients: list[Recipient]
+    content: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Already scoped to the caller, so two apps' keys never collide.
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class DispatchNotification:
+    notification_id: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ApplyDeliveryReports:
+    reports: list[DeliveryReport]
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    #: Recipients sent before this moment with no report become ``unconfirmed``.
+    report_deadline: datetime
+    #: Notifications accepted before this moment and never queued are queued again.
+    requeue_before: datetime

@@ -1,0 +1,323 @@
+"""The notification, its recipients, and the rules for how their status may change.
+
+Status lives per recipient; the notification's status is derived from its recipients, so the
+two can never disagree. Recipient statuses only ever move *up* the ranking below. That single rule
+is what makes delivery reports idempotent and order-free: whatever order reports arrive in,
+however often, each recipient ends on the highest-ranked status any report claimed.
+
+    pending < sent < unconfirmed < delivered < suppressed < filtered_spam < quarantined
+            < failed < bounced
+
+* ``unconfirmed`` (no report by the deadline) ranks below every report, so a late report wins.
+* Among final statuses, a worse outcome outranks a better one: a bounce that follows a
+  ``Delivered`` (the recipient's server accepted, then bounced) is the truth the sender needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .errors import SendError
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class RecipientStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    UNCONFIRMED = "unconfirmed"
+    DELIVERED = "delivered"
+    SUPPRESSED = "suppressed"
+    FILTERED_SPAM = "filtered_spam"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+
+
+RANK: dict[RecipientStatus, int] = {status: rank for rank, status in enumerate(RecipientStatus)}
+FINAL_STATUSES = frozenset(s for s in RecipientStatus if RANK[s] >= RANK[RecipientStatus.DELIVERED])
+
+
+class NotificationStatus(StrEnum):
+    ACCEPTED = "accepted"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    SUPPRESSED = "suppressed"
+    FAILED = "failed"
+    UNCONFIRMED = "unconfirmed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+# How a recipient's final status counts for the notification as a whole. Quarantine and spam
+# filtering are failures to deliver from the sender's point of view.
+_NOTIFICATION_OUTCOME = {
+    RecipientStatus.DELIVERED: NotificationStatus.DELIVERED,
+    RecipientStatus.SUPPRESSED: NotificationStatus.SUPPRESSED,
+    RecipientStatus.FILTERED_SPAM: NotificationStatus.FAILED,
+    RecipientStatus.QUARANTINED: NotificationStatus.FAILED,
+    RecipientStatus.FAILED: NotificationStatus.FAILED,
+    RecipientStatus.BOUNCED: NotificationStatus.BOUNCED,
+    RecipientStatus.UNCONFIRMED: NotificationStatus.UNCONFIRMED,
+}
+# When recipients disagree, the notification reports the outcome that most needs attention.
+_OUTCOME_SEVERITY = [
+    NotificationStatus.DELIVERED,
+    NotificationStatus.UNCONFIRMED,
+    NotificationStatus.SUPPRESSED,
+    NotificationStatus.FAILED,
+    NotificationStatus.BOUNCED,
+]
+
+# Raw ACS report statuses, lower-cased, to recipient statuses. ``expanded`` is informational:
+# a distribution list was expanded; it is recorded but changes nothing.
+_REPORT_STATUS = {
+    "delivered": RecipientStatus.DELIVERED,
+    "bounced": RecipientStatus.BOUNCED,
+    "suppressed": RecipientStatus.SUPPRESSED,
+    "failed": RecipientStatus.FAILED,
+    "quarantined": RecipientStatus.QUARANTINED,
+    "filteredspam": RecipientStatus.FILTERED_SPAM,
+}
+INFORMATIONAL_REPORT_STATUSES = frozenset({"expanded"})
+
+_SMS_REPEATABILITY_NAMESPACE = uuid.UUID("0b1c6f4e-8d52-4c1a-9a57-3f0d2a6b9e11")
+
+
+def recipient_status_for_report(raw_status: str) -> RecipientStatus | None:
+    """The recipient status a report claims, or None for informational and unknown statuses."""
+    return _REPORT_STATUS.get(raw_status.strip().lower().replace("_", ""))
+
+
+class HistoryEntry(BaseModel):
+    at: datetime
+    event: str
+    recipient: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Recipient(BaseModel):
+    address: str
+    kind: Literal["to", "cc", "bcc"] = "to"
+    display_name: str | None = None
+    status: RecipientStatus = RecipientStatus.PENDING
+    message_id: str | None = None
+    reason: str | None = None
+    updated_at: datetime | None = None
+
+    def raise_to(self, status: RecipientStatus, at: datetime, reason: str | None = None) -> bool:
+        if RANK[status] <= RANK[self.status]:
+            return False
+        self.status = status
+        self.reason = reason
+        self.updated_at = at
+        return True
+
+
+class DeadLetterInfo(BaseModel):
+    reason: str
+    description: str
+    at: datetime
+
+
+class DeliveryReport(BaseModel):
+    """One recipient's delivery report, as read from an ACS Event Grid event."""
+
+    event_id: str
+    channel: Channel
+    message_id: str
+    recipient: str | None = None
+    status: str
+    detail: str | None = None
+    occurred_at: datetime | None = None
+
+
+class Notification(BaseModel):
+    id: str
+    channel: Channel
+    sender: str
+    recipients: list[Recipient]
+    content: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None = None
+    attempts: int = 0
+    first_attempt_at: datetime | None = None
+    #: While set and in the future, one dispatcher is sending; duplicate queue messages step aside.
+    sending_until: datetime | None = None
+    dead_letter: DeadLetterInfo | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    applied_event_ids: list[str] = Field(default_factory=list)
+    #: Optimistic-concurrency token owned by the ledger.
+    version: int = 0
+
+    # ---------------------------------------------------------------- creation
+
+    @classmethod
+    def accept(
+        cls,
+        *,
+        channel: Channel,
+        sender: str,
+        recipients: list[Recipient],
+        content: dict[str, Any],
+        metadata: dict[str, Any],
+        at: datetime,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        notification_id: str | None = None,
+    ) -> Notification:
+        notification = cls(
+            id=notification_id or str(uuid.uuid4()),
+            channel=channel,
+            sender=sender,
+            recipients=recipients,
+            content=content,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            created_at=at,
+            updated_at=at,
+        )
+        notification._record(at, "accepted", detail={"recipients": len(recipients)})
+        return notification
+
+    # ---------------------------------------------------------------- derived state
+
+    @property
+    def status(self) -> NotificationStatus:
+        statuses = [r.status for r in self.recipients]
+        if RecipientStatus.PENDING in statuses:
+            return NotificationStatus.DEAD_LETTERED if self.dead_letter else NotificationStatus.ACCEPTED
+        if RecipientStatus.SENT in statuses:
+            return NotificationStatus.SENT
+        outcomes = {_NOTIFICATION_OUTCOME[s] for s in statuses}
+        return max(outcomes, key=_OUTCOME_SEVERITY.index)
+
+    @property
+    def needs_sending(self) -> bool:
+        return self.dead_letter is None and any(r.status is RecipientStatus.PENDING for r in self.recipients)
+
+    def pending_recipients(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status is RecipientStatus.PENDING]
+
+    @property
+    def message_ids(self) -> set[str]:
+        return {r.message_id for r in self.recipients if r.message_id}
+
+    @property
+    def email_operation_id(self) -> str:
+        """ACS email Operation-Id: the notification id itself, on every attempt."""
+        return self.id
+
+    def sms_repeatability_id(self, to: str) -> str:
+        """Deterministic per notification and recipient, so ACS recognises a retry."""
+        return str(uuid.uuid5(_SMS_REPEATABILITY_NAMESPACE, f"{self.id}/{to}"))
+
+    # ---------------------------------------------------------------- transitions
+
+    def mark_queued(self, at: datetime) -> None:
+        self.queued_at = at
+        self._record(at, "queued")
+
+    def is_being_sent(self, at: datetime) -> bool:
+        return self.sending_until is not None and self.sending_until > at
+
+    def start_attempt(self, at: datetime, *, lease_until: datetime) -> int:
+        self.sending_until = lease_until
+        self.attempts += 1
+        if self.first_attempt_at is None:
+            self.first_attempt_at = at
+        self._record(at, "send_attempt", detail={"attempt": self.attempts})
+        return self.attempts
+
+    def record_attempt_failed(self, at: datetime, error: SendError, *, retry_in: float | None) -> None:
+        self.sending_until = None
+        detail: dict[str, Any] = {"attempt": self.attempts, "reason": error.reason, "error": error.describe()}
+        if retry_in is not None:
+            detail["retryInSeconds"] = round(retry_in, 3)
+        self._record(at, "send_failed", detail=detail)
+
+    def finish_attempt(self) -> None:
+        self.sending_until = None
+
+    def record_sent(self, at: datetime, address: str, message_id: str) -> None:
+        for recipient in self.recipients:
+            if recipient.address == address and recipient.status is RecipientStatus.PENDING:
+                recipient.message_id = message_id
+                recipient.raise_to(RecipientStatus.SENT, at)
+        self._record(at, "sent", recipient=address, detail={"messageId": message_id})
+
+    def record_all_sent(self, at: datetime, message_id: str) -> None:
+        """Email: one ACS operation carries every recipient."""
+        for recipient in self.pending_recipients():
+            recipient.message_id = message_id
+            recipient.raise_to(RecipientStatus.SENT, at)
+        self._record(at, "sent", detail={"messageId": message_id})
+
+    def record_recipient_refused(self, at: datetime, address: str, error: SendError) -> None:
+        for recipient in self.recipients:
+            if recipient.address == address and recipient.status is RecipientStatus.PENDING:
+                recipient.raise_to(RecipientStatus.FAILED, at, reason=error.reason)
+        self._record(at, "recipient_refused", recipient=address, detail={"reason": error.reason, "error": error.describe()})
+
+    def mark_dead_lettered(self, at: datetime, reason: str, description: str) -> None:
+        self.sending_until = None
+        self.dead_letter = DeadLetterInfo(reason=reason, description=description, at=at)
+        self._record(at, "dead_lettered", detail={"reason": reason, "description": description})
+
+    def apply_report(self, report: DeliveryReport, at: datetime) -> bool:
+        """Apply one delivery report; returns False when it changed nothing (duplicate, unknown)."""
+        if report.event_id in self.applied_event_ids:
+            return False
+        self.applied_event_ids.append(report.event_id)
+        claimed = recipient_status_for_report(report.status)
+        targets = [
+            r
+            for r in self.recipients
+            if r.message_id == report.message_id
+            and (report.recipient is None or self.channel is Channel.SMS or r.address.lower() == report.recipient.lower())
+        ]
+        detail: dict[str, Any] = {"status": report.status, "messageId": report.message_id, "eventId": report.event_id}
+        if report.detail:
+            detail["detail"] = report.detail
+        if report.occurred_at:
+            detail["occurredAt"] = report.occurred_at.isoformat()
+        if claimed is None:
+            known = report.status.strip().lower() in INFORMATIONAL_REPORT_STATUSES
+            detail["effect"] = "informational" if known else "unknown_status"
+        else:
+            changed = [r.raise_to(claimed, at, reason=report.detail) for r in targets]
+            detail["effect"] = "applied" if any(changed) else "superseded"
+        address = targets[0].address if len(targets) == 1 else report.recipient
+        self._record(at, "delivery_report", recipient=address, detail=detail)
+        return True
+
+    def mark_unconfirmed(self, at: datetime, sent_before: datetime) -> bool:
+        changed = False
+        for recipient in self.recipients:
+            if recipient.status is RecipientStatus.SENT and recipient.updated_at and recipient.updated_at <= sent_before:
+                recipient.raise_to(RecipientStatus.UNCONFIRMED, at, reason="NoDeliveryReport")
+                self._record(at, "unconfirmed", recipient=recipient.address)
+                changed = True
+        return changed
+
+    def _record(self, at: datetime, event: str, *, recipient: str | None = None, detail: dict | None = None) -> None:
+        self.updated_at = at
+        self.history.append(HistoryEntry(at=at, event=event, recipient=recipient, detail=detail or {}))
+
+
+def request_fingerprint(canonical_json: str) -> str:
+    return hashlib.sha256(canonical_json.encode("utf-8")).hexdigest()

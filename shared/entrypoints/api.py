@@ -1,0 +1,253 @@
+"""The HTTP API: one FastAPI app, served by Azure Functions (``AsgiFunctionApp``) in Azure and by
+uvicorn on the local stack, under the same ``/api`` routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import bootstrap
+from ..domain.commands import ApplyDeliveryReports
+from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
+from ..domain.model import Channel, Notification
+from ..service import handlers
+from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
+from .eventgrid import read_events
+from .problems import problem
+from .schemas import openapi_request_schema, parse_notification_request
+
+log = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _UnsupportedMediaType(Exception):
+    pass
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _is_json(content_type: str | None, *extra: str) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json") or media in extra
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge()
+    body = await request.body()
+    if len(body) > limit:
+        raise _TooLarge()
+    if not _is_json(request.headers.get("content-type")):
+        raise _UnsupportedMediaType()
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Malformed(str(exc)) from None
+
+
+def notification_view(n: Notification) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": n.id,
+        "channel": n.channel.value,
+        "status": n.status.value,
+        "sender": n.sender,
+        "createdAt": n.created_at.isoformat(),
+        "updatedAt": n.updated_at.isoformat(),
+        "attempts": n.attempts,
+        "recipients": [
+            {
+                "address": r.address,
+                "kind": r.kind,
+                "status": r.status.value,
+                "messageId": r.message_id,
+                "reason": r.reason,
+                "updatedAt": r.updated_at.isoformat() if r.updated_at else None,
+            }
+            for r in n.recipients
+        ],
+        "metadata": n.metadata,
+        "deadLetter": n.dead_letter.model_dump(mode="json") if n.dead_letter else None,
+        "history": [h.model_dump(mode="json", exclude_none=True) for h in n.history],
+    }
+    if n.channel is Channel.EMAIL:
+        view["subject"] = n.content.get("subject")
+    return view
+
+
+def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.services) -> FastAPI:
+    api = FastAPI(
+        title="Notification service",
+        version="1.0.0",
+        description="Transactional email and SMS through Azure Communication Services.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+
+    def caller(request: Request, *roles: str) -> Principal:
+        principal = authenticate(request.headers.get("authorization"), get_services().settings)
+        authorize(principal, *roles)
+        return principal
+
+    # ------------------------------------------------------------------ errors as problems
+
+    @api.exception_handler(Unauthenticated)
+    async def _unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+        return problem(401, str(exc))
+
+    @api.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        return problem(403, str(exc))
+
+    @api.exception_handler(InvalidRequest)
+    async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return problem(422, exc.detail, errors=exc.errors)
+
+    @api.exception_handler(IdempotencyConflict)
+    async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return problem(409, str(exc), existingId=exc.existing_id)
+
+    @api.exception_handler(NotificationNotFound)
+    async def _not_found(_: Request, exc: NotificationNotFound) -> JSONResponse:
+        return problem(404, "No notification with that id.")
+
+    @api.exception_handler(_TooLarge)
+    async def _too_large(_: Request, exc: _TooLarge) -> JSONResponse:
+        return problem(413, f"The body is larger than {get_services().settings.max_request_bytes} bytes.")
+
+    @api.exception_handler(_UnsupportedMediaType)
+    async def _media(_: Request, exc: _UnsupportedMediaType) -> JSONResponse:
+        return problem(415, "Send the body as application/json.")
+
+    @api.exception_handler(_Malformed)
+    async def _malformed(_: Request, exc: _Malformed) -> JSONResponse:
+        return problem(400, f"The body is not valid JSON: {exc}")
+
+    @api.exception_handler(RequestValidationError)
+    async def _query(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            FieldError("/".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()
+        ]
+        return problem(422, "The request parameters are not valid.", errors=errors)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return problem(500, "Something went wrong on our side; it has been logged.")
+
+    # ------------------------------------------------------------------ routes
+
+    @api.get("/api/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.post(
+        "/api/notifications",
+        status_code=202,
+        tags=["notifications"],
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_request_schema()}}},
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+        },
+    )
+    async def submit(request: Request) -> Response:
+        principal = caller(request, "sender")
+        svc = get_services()
+        key = request.headers.get("idempotency-key")
+        if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
+            raise InvalidRequest([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")])
+        body = await _json_body(request, svc.settings.max_request_bytes)
+        cmd = parse_notification_request(body, settings=svc.settings, idempotency_key=key, caller=principal.id)
+        notification, created = await run_in_threadpool(
+            handlers.submit_notification, cmd, ledger=svc.ledger, publisher=svc.publisher, clock=svc.clock
+        )
+        location = f"/api/notifications/{notification.id}"
+        return JSONResponse(
+            {"id": notification.id, "status": notification.status.value, "channel": notification.channel.value, "location": location},
+            status_code=202,
+            headers={"Location": location, "Idempotent-Replayed": "false" if created else "true"},
+        )
+
+    @api.get("/api/notifications/{notification_id}", tags=["notifications"])
+    def get_notification(notification_id: str, request: Request) -> dict[str, Any]:
+        caller(request, "sender", "operator")
+        notification = get_services().ledger.get(notification_id)
+        if notification is None:
+            raise NotificationNotFound(notification_id)
+        return notification_view(notification)
+
+    @api.options("/api/events", tags=["events"])
+    def events_handshake(request: Request, webhook_request_origin: str | None = Header(None)) -> Response:
+        # CloudEvents 1.0 abuse protection: Event Grid asks before it delivers.
+        caller(request, "eventgrid")
+        headers = {"Allow": "POST, OPTIONS"}
+        if webhook_request_origin:
+            headers["WebHook-Allowed-Origin"] = webhook_request_origin
+            headers["WebHook-Allowed-Rate"] = "*"
+        return Response(status_code=200, headers=headers)
+
+    @api.post("/api/events", tags=["events"])
+    async def events(request: Request) -> Response:
+        caller(request, "eventgrid")
+        svc = get_services()
+        payload = await _json_body(request, max(svc.settings.max_request_bytes, 1024 * 1024))
+        items = payload if isinstance(payload, list) else [payload]
+        parsed = read_events(items, trusted_source=svc.settings.acs_resource_id)
+        if parsed.validation_code is not None:
+            return JSONResponse({"validationResponse": parsed.validation_code})
+        applied = await run_in_threadpool(
+            handlers.apply_delivery_reports, ApplyDeliveryReports(parsed.reports), ledger=svc.ledger, clock=svc.clock
+        )
+        if parsed.foreign:
+            log.warning("rejected %d events from an untrusted source", parsed.foreign)
+        return JSONResponse(
+            {
+                "received": len(items),
+                "applied": applied.applied,
+                "duplicates": applied.duplicates,
+                "parked": applied.parked,
+                "rejected": parsed.foreign,
+                "malformed": parsed.malformed,
+                "ignored": parsed.ignored,
+            }
+        )
+
+    @api.get("/api/reconciliation", tags=["operations"])
+    def reconciliation(
+        request: Request,
+        start: datetime | None = Query(None, alias="from"),
+        end: datetime | None = Query(None, alias="to"),
+        channel: Channel | None = Query(None),
+    ) -> dict[str, Any]:
+        caller(request, "operator")
+        end = end or datetime.now(timezone.utc)
+        start = start or end - timedelta(hours=24)
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=timezone.utc)
+        if end.tzinfo is None:
+            end = end.replace(tzinfo=timezone.utc)
+        if start >= end:
+            raise InvalidRequest([FieldError("from", "must be before 'to'")])
+        return handlers.reconciliation_report(ledger=get_services().ledger, start=start, end=end, channel=channel)
+
+    return api

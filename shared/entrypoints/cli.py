@@ -1,0 +1,91 @@
+"""``python -m shared``: run the local stack or one of its parts, and operator commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import bootstrap
+from ..config import SettingsError
+from ..domain.model import Channel
+from . import local
+
+cli = typer.Typer(help="Notification service: local stack and operator tools.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _setup(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # The Azure SDK logs every request at INFO; that is noise on the local stack.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    local.load_local_settings()
+    try:
+        bootstrap.services()
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def run(
+    port: int = typer.Option(7071, help="Port of the HTTP API."),
+    emulator_port: int = typer.Option(7072, help="Port of the ACS emulator."),
+    data_dir: Optional[str] = typer.Option(None, help="Where the embedded queue and ledger live (default .data)."),
+    report_delay_ms: Optional[int] = typer.Option(None, help="How long the emulator waits before a delivery report."),
+) -> None:
+    """Start the whole service locally: API, dispatcher worker and ACS emulator."""
+    local.load_local_settings()
+    raise typer.Exit(local.run_stack(api_port=port, emulator_port=emulator_port, data_dir=data_dir, report_delay_ms=report_delay_ms))
+
+
+@cli.command()
+def api(host: str = "127.0.0.1", port: int = 7071) -> None:
+    """Serve only the HTTP API."""
+    _setup()
+    local.run_api(host, port)
+
+
+@cli.command()
+def worker() -> None:
+    """Run only the dispatcher worker (and the reconciliation timer)."""
+    _setup()
+    local.run_worker()
+
+
+@cli.command()
+def reconciliation(
+    hours: float = typer.Option(24.0, help="Window length, ending now."),
+    channel: Optional[Channel] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Sent against delivered for notifications accepted in the window."""
+    _setup()
+    from ..service.handlers import reconciliation_report
+
+    end = datetime.now(timezone.utc)
+    report = reconciliation_report(ledger=bootstrap.services().ledger, start=end - timedelta(hours=hours), end=end, channel=channel)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"Notifications accepted {report['from']} .. {report['to']}")
+    rows = list(report["channels"].items()) + [("total", report["total"])]
+    keys = list(report["total"].keys())
+    table.add_column("status")
+    for name, _ in rows:
+        table.add_column(name, justify="right")
+    for key in keys:
+        table.add_row(key, *(f"{figures[key]:.2%}" if key == "failureRate" else str(figures[key]) for _, figures in rows))
+    console.print(table)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,215 @@
+"""The local stack: the same handlers as in Azure, on the embedded queue and ledger.
+
+``python -m shared run`` starts three processes and stops all of them on one Ctrl-C:
+
+* the ACS emulator (``python -m acs_emulator``),
+* the HTTP API on 127.0.0.1:7071 (uvicorn serving the app Azure Functions serves),
+* the worker: the dispatcher consuming the embedded queue with peek-lock, plus the
+  reconciliation timer.
+
+Separate processes, as in Azure, so a dispatcher can be killed and restarted on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .. import bootstrap
+from ..domain.errors import LockLost
+from ..service.handlers import DeadLettered
+from ..service.ports import ReceivedMessage
+from . import triggers
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_local_settings(root: Path = REPO_ROOT) -> Path | None:
+    """Put ``local.settings.json`` (else the sample) into the environment, as ``func start``
+    would; variables already set win."""
+    for name in ("local.settings.json", "local.settings.sample.json"):
+        path = root / name
+        if path.exists():
+            values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+            for key, value in values.items():
+                os.environ.setdefault(key, str(value))
+            return path
+    return None
+
+
+# ------------------------------------------------------------------------------ worker
+
+
+class Worker:
+    """Receives from the embedded queue and runs the dispatcher, ``concurrency`` at a time.
+
+    Settlement mirrors the Functions host: complete when the handler returns, abandon when it
+    raises (redelivered at once, until the delivery count dead-letters it), and dead-letter with
+    the handler's own reason when it gives up.
+    """
+
+    def __init__(self, services: bootstrap.Services, *, poll_seconds: float = 0.5) -> None:
+        self.services = services
+        self.concurrency = services.settings.dispatch_concurrency
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+        self._slots = threading.Semaphore(self.concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="dispatch")
+
+    def _settle(self, message: ReceivedMessage, future: Future) -> None:
+        queue = self.services.queue
+        try:
+            try:
+                outcome = future.result()
+            except Exception:
+                log.exception("dispatch of message %s raised; abandoning it", message.message_id)
+                queue.abandon(message)
+                return
+            if isinstance(outcome, DeadLettered):
+                queue.dead_letter(message, outcome.reason, outcome.description)
+            else:
+                queue.complete(message)
+        except LockLost:
+            log.warning("lock on message %s was lost before settlement; it will be redelivered", message.message_id)
+        finally:
+            self._slots.release()
+
+    def run_once(self) -> int:
+        """Receive what free slots allow and start dispatching it; returns how many started."""
+        free = 0
+        while free < self.concurrency and self._slots.acquire(blocking=False):
+            free += 1
+        if free == 0:
+            time.sleep(0.01)
+            return 0
+        messages = self.services.queue.receive(max_messages=free, max_wait=self.poll_seconds)
+        for _ in range(free - len(messages)):
+            self._slots.release()
+        for message in messages:
+            future = self._pool.submit(triggers.dispatch_queue_message, json.dumps(message.body))
+            future.add_done_callback(lambda f, m=message: self._settle(m, f))
+        return len(messages)
+
+    def _reconcile_loop(self) -> None:
+        interval = self.services.settings.reconcile_interval_seconds
+        while not self.stopping.wait(interval):
+            try:
+                triggers.run_reconciliation()
+            except Exception:
+                log.exception("reconciliation failed; will try again in %.0fs", interval)
+
+    def run(self) -> None:
+        timer = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
+        timer.start()
+        log.info("worker consuming queue %r, %d at a time", self.services.settings.notifications_queue, self.concurrency)
+        while not self.stopping.is_set():
+            self.run_once()
+        self._pool.shutdown(wait=True)
+        log.info("worker stopped")
+
+
+def run_worker() -> None:
+    worker = Worker(bootstrap.services())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        worker.stopping.set()
+        worker._pool.shutdown(wait=True)
+
+
+def run_api(host: str, port: int) -> None:
+    import uvicorn
+
+    from .api import create_api
+
+    bootstrap.services()  # fail fast on bad settings, before listening
+    uvicorn.run(create_api(), host=host, port=port, log_level="warning", access_log=False)
+
+
+# ------------------------------------------------------------------------------ the whole stack
+
+
+def _eventgrid_key() -> str:
+    for pair in os.environ.get("NOTIFY_DEV_KEYS", "").split(","):
+        role, _, key = pair.strip().partition("=")
+        if role.strip() == "eventgrid" and key.strip():
+            return key.strip()
+    raise SystemExit("NOTIFY_DEV_KEYS has no eventgrid key, so the emulator could not post delivery reports")
+
+
+def run_stack(*, api_port: int, emulator_port: int, data_dir: str | None, report_delay_ms: int | None) -> int:
+    host = "127.0.0.1"
+    env = dict(os.environ)
+    if data_dir:
+        env["NOTIFY_DATA_DIR"] = data_dir
+    env["ACS_ENDPOINT"] = f"http://{host}:{emulator_port}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    emulator_env = env | {
+        "ACS_EMULATOR_HOST": host,
+        "ACS_EMULATOR_PORT": str(emulator_port),
+        "ACS_EMULATOR_ACCESS_KEY": env.get("ACS_ACCESS_KEY", ""),
+        "ACS_EMULATOR_WEBHOOK_URL": f"http://{host}:{api_port}/api/events",
+        "ACS_EMULATOR_WEBHOOK_TOKEN": _eventgrid_key(),
+        "ACS_EMULATOR_RESOURCE_ID": env["ACS_RESOURCE_ID"],
+    }
+    if report_delay_ms is not None:
+        emulator_env["ACS_EMULATOR_REPORT_DELAY_MS"] = str(report_delay_ms)
+
+    python = sys.executable
+    specs = [
+        ("emulator", [python, "-m", "acs_emulator"], emulator_env),
+        ("api", [python, "-m", "shared", "api", "--host", host, "--port", str(api_port)], env),
+        ("worker", [python, "-m", "shared", "worker"], env),
+    ]
+    children: dict[str, subprocess.Popen] = {}
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name, argv, child_env in specs:
+        children[name] = subprocess.Popen(argv, env=child_env, cwd=REPO_ROOT)
+    print(
+        f"Notification service on http://{host}:{api_port}/api  (ACS emulator on http://{host}:{emulator_port},"
+        f" data in {env.get('NOTIFY_DATA_DIR', '.data')}). Ctrl-C stops everything.",
+        flush=True,
+    )
+    exit_code = 0
+    while not stopping.is_set():
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"{name} exited with code {child.returncode}; stopping the stack", file=sys.stderr, flush=True)
+                exit_code = child.returncode or 1
+                stopping.set()
+                break
+        stopping.wait(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in children.values():
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return exit_code
+
+
+def emulator_port_from(endpoint: str | None, default: int = 7072) -> int:
+    if not endpoint:
+        return default
+    return urlparse(endpoint).port or default

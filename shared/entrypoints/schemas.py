@@ -1,0 +1,224 @@
+"""Request bodies of the HTTP API (and, later, the Service Bus intake), validated at the edge.
+
+Parsing turns a JSON document into a ``SubmitNotification`` command or raises ``InvalidRequest``
+naming every bad field as a JSON pointer, so handlers never see malformed input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import Settings
+from ..domain.commands import SubmitNotification
+from ..domain.errors import FieldError, InvalidRequest
+from ..domain.model import Channel, Recipient
+
+MAX_EMAIL_RECIPIENTS = 50  # ACS limit for to + cc + bcc
+MAX_SMS_RECIPIENTS = 100  # ACS limit per send request
+MAX_SMS_LENGTH = 2048  # ACS limit
+MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit
+MAX_METADATA_BYTES = 4096
+
+
+def normalise_email(value: str) -> str:
+    try:
+        # Deliverability (DNS) is ACS's job; syntax is ours.
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+def normalise_e164(value: str) -> str:
+    if not value.startswith("+"):
+        raise ValueError("phone numbers must be in E.164 form, starting with + and the country code")
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError("not a valid E.164 phone number") from None
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if formatted != value or not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid E.164 phone number")
+    return formatted
+
+
+def _no_line_breaks(value: str) -> str:
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValueError("must not contain line breaks or NUL characters")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class AddressIn(_Strict):
+    address: str
+    displayName: str | None = Field(None, max_length=256)
+
+    @field_validator("address")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        return normalise_email(value)
+
+    @field_validator("displayName")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        return None if value is None else _no_line_breaks(value)
+
+
+def _address(value: Any) -> Any:
+    return {"address": value} if isinstance(value, str) else value
+
+
+class EmailRequest(_Strict):
+    channel: Literal["email"]
+    to: list[AddressIn] = Field(min_length=1)
+    cc: list[AddressIn] = Field(default_factory=list)
+    bcc: list[AddressIn] = Field(default_factory=list)
+    subject: str = Field(max_length=MAX_SUBJECT_LENGTH)
+    text: str | None = None
+    html: str | None = None
+    replyTo: list[AddressIn] = Field(default_factory=list, max_length=10)
+    sender: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("to", "cc", "bcc", "replyTo", mode="before")
+    @classmethod
+    def _strings_are_addresses(cls, value: Any) -> Any:
+        return [_address(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return _no_line_breaks(value)
+
+    @model_validator(mode="after")
+    def _content(self) -> EmailRequest:
+        if not (self.text and self.text.strip()) and not (self.html and self.html.strip()):
+            raise ValueError("an email needs text or html")
+        return self
+
+
+class SmsRequest(_Strict):
+    channel: Literal["sms"]
+    to: list[str] = Field(min_length=1, max_length=MAX_SMS_RECIPIENTS)
+    message: str = Field(max_length=MAX_SMS_LENGTH)
+    sender: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("to")
+    @classmethod
+    def _numbers(cls, value: list[str]) -> list[str]:
+        errors = []
+        for index, number in enumerate(value):
+            try:
+                normalise_e164(number)
+            except ValueError as exc:
+                errors.append(f"[{index}] {exc}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+def _pointer(location: tuple[Any, ...]) -> str:
+    return "/" + "/".join(str(part) for part in location) if location else "/"
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        location = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        errors.append(FieldError(_pointer(location), message))
+    return errors
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_notification_request(
+    body: Any, *, settings: Settings, idempotency_key: str | None = None, caller: str = "anonymous"
+) -> SubmitNotification:
+    if not isinstance(body, dict):
+        raise InvalidRequest([FieldError("/", "the body must be a JSON object")])
+    channel = body.get("channel")
+    if channel not in ("email", "sms"):
+        raise InvalidRequest([FieldError("/channel", "must be 'email' or 'sms'")])
+    model = EmailRequest if channel == "email" else SmsRequest
+    try:
+        request = model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(_field_errors(exc)) from None
+
+    errors: list[FieldError] = []
+    if len(json.dumps(request.metadata)) > MAX_METADATA_BYTES:
+        errors.append(FieldError("/metadata", f"must be at most {MAX_METADATA_BYTES} bytes of JSON"))
+
+    if isinstance(request, EmailRequest):
+        allowed = settings.email_senders
+        recipients = [
+            Recipient(address=a.address, kind=kind, display_name=a.displayName)
+            for kind, items in (("to", request.to), ("cc", request.cc), ("bcc", request.bcc))
+            for a in items
+        ]
+        if len(recipients) > MAX_EMAIL_RECIPIENTS:
+            errors.append(FieldError("/to", f"at most {MAX_EMAIL_RECIPIENTS} recipients in to, cc and bcc together"))
+        content: dict[str, Any] = {"subject": request.subject, "text": request.text, "html": request.html}
+        if request.replyTo:
+            content["replyTo"] = [{"address": a.address, "display_name": a.displayName} for a in request.replyTo]
+        sender = request.sender or settings.default_email_sender
+        sender_ok = sender.lower() in {s.lower() for s in allowed}
+    else:
+        allowed = settings.sms_senders
+        recipients = [Recipient(address=number) for number in request.to]
+        content = {"message": request.message}
+        sender = request.sender or settings.default_sms_sender
+        sender_ok = sender in allowed
+
+    if not sender_ok:
+        errors.append(FieldError("/sender", "is not one of the configured senders for this channel"))
+    seen: set[str] = set()
+    for index, recipient in enumerate(recipients):
+        key = recipient.address.lower()
+        if key in seen:
+            errors.append(FieldError(f"/{recipient.kind}", f"recipient {index + 1} appears more than once"))
+        seen.add(key)
+    if errors:
+        raise InvalidRequest(errors)
+
+    return SubmitNotification(
+        channel=Channel(channel),
+        sender=sender,
+        recipients=recipients,
+        content=content,
+        metadata=request.metadata,
+        idempotency_key=f"{caller}:{idempotency_key}" if idempotency_key else None,
+        request_hash=request_hash(body),
+    )
+
+
+def openapi_request_schema() -> dict[str, Any]:
+    """JSON Schema of the request body for the OpenAPI document."""
+    return {
+        "oneOf": [EmailRequest.model_json_schema(), SmsRequest.model_json_schema()],
+        "discriminator": {"propertyName": "channel"},
+    }

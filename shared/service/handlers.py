@@ -1,0 +1,405 @@
+"""Service-layer handlers. Each takes a command and its ports as keyword arguments."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, TypeVar
+
+from ..domain.commands import ApplyDeliveryReports, DispatchNotification, Reconcile, SubmitNotification
+from ..domain.errors import (
+    ConcurrencyConflict,
+    IdempotencyConflict,
+    NotificationNotFound,
+    PermanentSendError,
+    SendError,
+)
+from ..domain.model import (
+    Channel,
+    DeliveryReport,
+    Notification,
+    NotificationStatus,
+)
+from .ports import (
+    Clock,
+    EmailAddress,
+    EmailSender,
+    Ledger,
+    MessagePublisher,
+    OutgoingEmail,
+    OutgoingMessage,
+    OutgoingSms,
+    SmsRecipientRequest,
+    SmsSender,
+)
+from .retry import GiveUp, RetryPolicy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How long a dispatcher may hold a notification before another may try; longer than an ACS call.
+SEND_LEASE = timedelta(seconds=90)
+
+
+def dispatch_message(notification_id: str, attempt: int, *, scheduled_at: datetime | None = None) -> OutgoingMessage:
+    """The queue message that asks the dispatcher to make ``attempt`` on a notification.
+
+    The message id names the attempt, so Service Bus duplicate detection drops a second copy of
+    the same attempt while a scheduled retry (a new attempt) always gets through.
+    """
+    return OutgoingMessage(
+        body={"notificationId": notification_id, "attempt": attempt},
+        message_id=f"{notification_id}:{attempt}",
+        application_properties={"notificationId": notification_id, "attempt": attempt},
+        scheduled_at=scheduled_at,
+    )
+
+
+def _modify(ledger: Ledger, notification_id: str, change: Callable[[Notification], T], tries: int = 20) -> tuple[Notification, T]:
+    """Read, change and save one notification, starting again when another writer got there first."""
+    for _ in range(tries):
+        notification = ledger.get(notification_id)
+        if notification is None:
+            raise NotificationNotFound(notification_id)
+        result = change(notification)
+        try:
+            ledger.save(notification)
+        except ConcurrencyConflict:
+            continue
+        return notification, result
+    raise ConcurrencyConflict(notification_id)
+
+
+# ------------------------------------------------------------------------------ intake
+
+
+def submit_notification(
+    cmd: SubmitNotification, *, ledger: Ledger, publisher: MessagePublisher, clock: Clock
+) -> tuple[Notification, bool]:
+    """Record and queue a notification. Returns it and whether it is new (False: an earlier
+    request with the same idempotency key already created it)."""
+    now = clock.now()
+    candidate = Notification.accept(
+        channel=cmd.channel,
+        sender=cmd.sender,
+        recipients=cmd.recipients,
+        content=cmd.content,
+        metadata=cmd.metadata,
+        at=now,
+        idempotency_key=cmd.idempotency_key,
+        request_hash=cmd.request_hash,
+    )
+    stored = ledger.add(candidate)
+    created = stored.id == candidate.id
+    if not created and stored.request_hash != cmd.request_hash:
+        raise IdempotencyConflict(stored.id)
+    if stored.queued_at is None:
+        # Also covers a first request that crashed between the ledger write and the enqueue.
+        publisher.send(dispatch_message(stored.id, 1))
+        stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
+    if created:
+        log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
+    return stored, created
+
+
+# ------------------------------------------------------------------------------ dispatch
+
+
+@dataclass(frozen=True)
+class Completed:
+    detail: str
+
+
+@dataclass(frozen=True)
+class Rescheduled:
+    delay_seconds: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    reason: str
+    description: str
+
+
+DispatchOutcome = Completed | Rescheduled | DeadLettered
+
+
+def dispatch(
+    cmd: DispatchNotification,
+    *,
+    ledger: Ledger,
+    email_sender: EmailSender,
+    sms_sender: SmsSender,
+    publisher: MessagePublisher,
+    policy: RetryPolicy,
+    clock: Clock,
+) -> DispatchOutcome:
+    """Make one send attempt. Safe to run for the same notification any number of times, from
+    any number of workers: the ledger decides whether a send may happen at all."""
+    nid = cmd.notification_id
+
+    def claim(n: Notification) -> tuple[str, datetime | None] | None:
+        now = clock.now()
+        if not n.needs_sending:
+            return ("nothing left to send", None)
+        if n.is_being_sent(now):
+            return ("another dispatcher holds it", n.sending_until)
+        n.start_attempt(now, lease_until=now + SEND_LEASE)
+        return None
+
+    try:
+        notification, skip = _modify(ledger, nid, claim)
+    except NotificationNotFound:
+        return DeadLettered("NotificationNotFound", f"No notification {nid} in the ledger.")
+    if skip:
+        reason, busy_until = skip
+        if busy_until is None:
+            log.info("notification %s: message ignored, %s", nid, reason)
+            return Completed(reason)
+        # The holder may have died mid-send; look again once its lease runs out rather than
+        # dropping this message, which may be the only one left.
+        publisher.send(
+            OutgoingMessage(
+                body={"notificationId": nid, "attempt": cmd.attempt},
+                message_id=f"{nid}:{notification.attempts}:after-lease",
+                application_properties={"notificationId": nid, "attempt": cmd.attempt},
+                scheduled_at=busy_until + timedelta(seconds=1),
+            )
+        )
+        delay = (busy_until - clock.now()).total_seconds() + 1
+        return Rescheduled(delay, reason)
+
+    attempt = notification.attempts
+    try:
+        if notification.channel is Channel.EMAIL:
+            error = _send_email(notification, email_sender, ledger, clock)
+        else:
+            error = _send_sms(notification, sms_sender, ledger, clock)
+    except SendError as exc:
+        error = exc
+    if error is None:
+        _apply_parked_reports(notification.id, ledger, clock)
+        return Completed(f"sent on attempt {attempt}")
+
+    decision = policy.decide(attempt, error)
+    if isinstance(decision, GiveUp):
+        _modify(ledger, nid, lambda n: n.mark_dead_lettered(clock.now(), decision.reason, decision.description))
+        log.warning("notification %s dead-lettered: %s", nid, decision.reason)
+        return DeadLettered(decision.reason, decision.description)
+
+    # Enqueue the next attempt before recording this failure: a crash in between leaves a retry
+    # that finds the lease expired, never a notification that nobody will send.
+    publisher.send(dispatch_message(nid, attempt + 1, scheduled_at=clock.now() + timedelta(seconds=decision.delay_seconds)))
+    _modify(ledger, nid, lambda n: n.record_attempt_failed(clock.now(), error, retry_in=decision.delay_seconds))
+    log.info("notification %s attempt %d failed (%s), retry in %.1fs", nid, attempt, error.reason, decision.delay_seconds)
+    return Rescheduled(decision.delay_seconds, error.describe())
+
+
+def _addresses(notification: Notification, kind: str) -> list[EmailAddress]:
+    return [
+        EmailAddress(r.address, r.display_name)
+        for r in notification.recipients
+        if r.kind == kind
+    ]
+
+
+def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger, clock: Clock) -> SendError | None:
+    operation_id = notification.email_operation_id
+    # An earlier attempt may have reached ACS before it failed or the worker died: ask ACS first,
+    # because nothing documents that ACS drops a repeated Operation-Id.
+    message_id = sender.find_operation(operation_id) if notification.attempts > 1 else None
+    if message_id is None:
+        content = notification.content
+        message_id = sender.send(
+            OutgoingEmail(
+                operation_id=operation_id,
+                sender=notification.sender,
+                to=_addresses(notification, "to"),
+                cc=_addresses(notification, "cc"),
+                bcc=_addresses(notification, "bcc"),
+                subject=content["subject"],
+                text=content.get("text"),
+                html=content.get("html"),
+                reply_to=[EmailAddress(**a) for a in content.get("replyTo", [])],
+            )
+        )
+
+    def sent(n: Notification) -> None:
+        n.finish_attempt()
+        n.record_all_sent(clock.now(), message_id)
+
+    _modify(ledger, notification.id, sent)
+    return None
+
+
+def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clock: Clock) -> SendError | None:
+    first_sent = notification.first_attempt_at
+    assert first_sent is not None  # set by start_attempt before any send
+    pending = notification.pending_recipients()
+    results = sender.send(
+        OutgoingSms(
+            sender=notification.sender,
+            message=notification.content["message"],
+            recipients=[
+                SmsRecipientRequest(r.address, notification.sms_repeatability_id(r.address), first_sent) for r in pending
+            ],
+            tag=notification.id,
+        )
+    )
+    retryable: list[SendError] = []
+
+    def record(n: Notification) -> None:
+        retryable.clear()
+        now = clock.now()
+        n.finish_attempt()
+        for result in results:
+            if result.error is None and result.message_id:
+                n.record_sent(now, result.to, result.message_id)
+            elif isinstance(result.error, PermanentSendError):
+                n.record_recipient_refused(now, result.to, result.error)
+            elif isinstance(result.error, SendError):
+                retryable.append(result.error)
+
+    _modify(ledger, notification.id, record)
+    return retryable[0] if retryable else None
+
+
+# ------------------------------------------------------------------------------ delivery reports
+
+
+@dataclass
+class ReportsApplied:
+    applied: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    notifications: set[str] = field(default_factory=set)
+
+
+def apply_delivery_reports(cmd: ApplyDeliveryReports, *, ledger: Ledger, clock: Clock) -> ReportsApplied:
+    summary = ReportsApplied()
+    if not cmd.reports:
+        return summary
+    owners = ledger.find_by_message_ids(r.message_id for r in cmd.reports)
+    orphans = [r for r in cmd.reports if r.message_id not in owners]
+    if orphans:
+        # A report can overtake the dispatcher's "sent" write; keep it until the id is known.
+        ledger.park_reports(orphans)
+        summary.parked = len(orphans)
+    touched: dict[str, Notification] = {}
+    per_notification: dict[str, list[DeliveryReport]] = {}
+    now = clock.now()
+    for report in cmd.reports:
+        notification = owners.get(report.message_id)
+        if notification is None:
+            continue
+        per_notification.setdefault(notification.id, []).append(report)
+        if notification.apply_report(report, now):
+            touched[notification.id] = notification
+            summary.applied += 1
+        else:
+            summary.duplicates += 1
+    for lost in ledger.save_many(list(touched.values())):
+        reports = per_notification[lost.id]
+        _modify(ledger, lost.id, lambda n: [n.apply_report(r, clock.now()) for r in reports])
+    summary.notifications = set(touched)
+    return summary
+
+
+def _apply_parked_reports(notification_id: str, ledger: Ledger, clock: Clock) -> None:
+    notification = ledger.get(notification_id)
+    if notification is None:
+        return
+    parked = ledger.take_parked_reports(notification.message_ids)
+    if parked:
+        apply_delivery_reports(ApplyDeliveryReports(parked), ledger=ledger, clock=clock)
+
+
+# ------------------------------------------------------------------------------ reconciliation
+
+
+@dataclass
+class Reconciled:
+    unconfirmed: int = 0
+    requeued: int = 0
+    parked_applied: int = 0
+
+
+def reconcile(cmd: Reconcile, *, ledger: Ledger, publisher: MessagePublisher, clock: Clock, batch: int = 500) -> Reconciled:
+    summary = Reconciled()
+    stale = ledger.awaiting_reports(sent_before=cmd.report_deadline, limit=batch)
+    changed = [n for n in stale if n.mark_unconfirmed(clock.now(), cmd.report_deadline)]
+    for lost in ledger.save_many(changed):
+        _modify(ledger, lost.id, lambda n: n.mark_unconfirmed(clock.now(), cmd.report_deadline))
+    summary.unconfirmed = len(changed)
+
+    for notification in ledger.unqueued(accepted_before=cmd.requeue_before, limit=batch):
+        publisher.send(dispatch_message(notification.id, 1))
+        _modify(ledger, notification.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
+        summary.requeued += 1
+
+    parked = ledger.parked_reports(limit=batch)
+    if parked:
+        known = ledger.find_by_message_ids(r.message_id for r in parked)
+        if known:
+            reports = ledger.take_parked_reports(known)
+            summary.parked_applied = apply_delivery_reports(
+                ApplyDeliveryReports(reports), ledger=ledger, clock=clock
+            ).applied
+    if summary.unconfirmed or summary.requeued or summary.parked_applied:
+        log.info(
+            "reconciled: %d unconfirmed, %d requeued, %d parked reports applied",
+            summary.unconfirmed, summary.requeued, summary.parked_applied,
+        )
+    return summary
+
+
+# ------------------------------------------------------------------------------ queries
+
+
+SENT_OR_LATER = (
+    NotificationStatus.SENT,
+    NotificationStatus.DELIVERED,
+    NotificationStatus.BOUNCED,
+    NotificationStatus.SUPPRESSED,
+    NotificationStatus.FAILED,
+    NotificationStatus.UNCONFIRMED,
+)
+
+
+def reconciliation_report(*, ledger: Ledger, start: datetime, end: datetime, channel: Channel | None) -> dict:
+    """Counts by status for notifications accepted in [start, end), per channel and in total.
+
+    ``sent`` counts everything that reached ACS (whatever happened after); the failure rate is
+    bounced + failed + suppressed over sent, the figure ACS judges senders by.
+    """
+    counts = ledger.status_counts(start=start, end=end, channel=channel)
+    channels = [channel] if channel else list(Channel)
+
+    def summarise(selected: list[Channel]) -> dict:
+        def total(*statuses: NotificationStatus) -> int:
+            return sum(counts.get((c, s), 0) for c in selected for s in statuses)
+
+        sent = total(*SENT_OR_LATER)
+        failed_like = total(NotificationStatus.BOUNCED, NotificationStatus.FAILED, NotificationStatus.SUPPRESSED)
+        return {
+            "accepted": total(*NotificationStatus),
+            "pending": total(NotificationStatus.ACCEPTED),
+            "sent": sent,
+            "awaitingReport": total(NotificationStatus.SENT),
+            "delivered": total(NotificationStatus.DELIVERED),
+            "bounced": total(NotificationStatus.BOUNCED),
+            "suppressed": total(NotificationStatus.SUPPRESSED),
+            "failed": total(NotificationStatus.FAILED),
+            "unconfirmed": total(NotificationStatus.UNCONFIRMED),
+            "deadLettered": total(NotificationStatus.DEAD_LETTERED),
+            "failureRate": round(failed_like / sent, 4) if sent else 0.0,
+        }
+
+    return {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "channels": {c.value: summarise([c]) for c in channels},
+        "total": summarise(channels),
+    }

@@ -1,0 +1,198 @@
+"""Ports: one per outside capability. Handlers depend on these, never on a technology.
+
+Each port has one adapter per technology in ``shared.adapters`` and a fake in ``tests/fakes.py``;
+the same contract tests run against every implementation of a port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Protocol
+
+from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus
+
+
+# ---------------------------------------------------------------------------- clock
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+
+
+# ---------------------------------------------------------------------------- ledger
+
+
+class Ledger(Protocol):
+    """Durable record of every notification, its recipients and their history.
+
+    Writes are optimistic: ``save`` raises ``ConcurrencyConflict`` when the stored version is not
+    the one that was read, and bumps ``notification.version`` when it succeeds.
+    """
+
+    def add(self, notification: Notification) -> Notification:
+        """Store a new notification. When its idempotency key is already taken, store nothing
+        and return the notification that holds the key."""
+
+    def get(self, notification_id: str) -> Notification | None: ...
+
+    def save(self, notification: Notification) -> None: ...
+
+    def save_many(self, notifications: list[Notification]) -> list[Notification]:
+        """Save several in one write where the store allows; return those that lost a race
+        (not saved, to be re-read and retried)."""
+
+    def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
+        """Notifications that own the given ACS message ids, keyed by message id."""
+
+    def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
+        """Keep reports whose message id no notification owns yet (they can beat the dispatcher)."""
+
+    def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+        """Remove and return parked reports for these message ids."""
+
+    def parked_reports(self, limit: int) -> list[DeliveryReport]:
+        """Parked reports, oldest first, left where they are."""
+
+    def status_counts(
+        self, *, start: datetime, end: datetime, channel: Channel | None = None
+    ) -> dict[tuple[Channel, NotificationStatus], int]:
+        """Notifications accepted in [start, end), counted by channel and status."""
+
+    def awaiting_reports(self, *, sent_before: datetime, limit: int) -> list[Notification]:
+        """Notifications with a recipient still ``sent`` whose send is older than ``sent_before``."""
+
+    def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
+        """Notifications accepted before the cutoff that were never marked queued."""
+
+
+# ---------------------------------------------------------------------------- queue
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    body: dict[str, Any]
+    message_id: str
+    application_properties: dict[str, Any] = field(default_factory=dict)
+    #: When set, the message becomes visible to receivers only at this time (scheduled enqueue).
+    scheduled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    body: dict[str, Any]
+    message_id: str
+    application_properties: dict[str, Any]
+    delivery_count: int
+    enqueued_at: datetime
+    sequence_number: int
+    lock_token: str
+    locked_until: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetteredMessage:
+    body: dict[str, Any]
+    message_id: str
+    application_properties: dict[str, Any]
+    delivery_count: int
+    enqueued_at: datetime
+    sequence_number: int
+    reason: str
+    description: str
+    dead_lettered_at: datetime
+
+
+class MessagePublisher(Protocol):
+    """Puts messages on a queue. All the handlers need: in Azure the Functions host receives."""
+
+    def send(self, message: OutgoingMessage) -> None: ...
+
+
+class MessageConsumer(Protocol):
+    """Peek-lock receiving with Service Bus semantics, for the local worker and operator tools.
+
+    * ``receive`` locks up to ``max_messages`` visible messages and increments their delivery
+      count; a message whose lock expires becomes visible again.
+    * ``complete`` deletes, ``abandon`` unlocks at once, ``dead_letter`` moves to the dead-letter
+      sub-queue with a reason and description. Each raises ``LockLost`` when the lock expired or
+      was never held.
+    * A message received more than ``max_delivery_count`` times is dead-lettered with reason
+      ``MaxDeliveryCountExceeded`` instead of being delivered again.
+    """
+
+    def receive(self, max_messages: int = 1, max_wait: float = 0.0) -> list[ReceivedMessage]: ...
+
+    def complete(self, message: ReceivedMessage) -> None: ...
+
+    def abandon(self, message: ReceivedMessage) -> None: ...
+
+    def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None: ...
+
+    def renew_lock(self, message: ReceivedMessage) -> ReceivedMessage: ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]: ...
+
+
+# ---------------------------------------------------------------------------- ACS
+
+
+@dataclass(frozen=True)
+class EmailAddress:
+    address: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    operation_id: str
+    sender: str
+    to: list[EmailAddress]
+    cc: list[EmailAddress]
+    bcc: list[EmailAddress]
+    subject: str
+    text: str | None
+    html: str | None
+    reply_to: list[EmailAddress] = field(default_factory=list)
+
+
+class EmailSender(Protocol):
+    """Sends one email through ACS. Raises ``SendError`` subclasses only."""
+
+    def send(self, email: OutgoingEmail) -> str:
+        """Start the send and return ACS's message id, without waiting for the operation."""
+
+    def find_operation(self, operation_id: str) -> str | None:
+        """The message id of an earlier send with this operation id, or None if ACS never saw it."""
+
+
+@dataclass(frozen=True)
+class SmsRecipientRequest:
+    to: str
+    repeatability_request_id: str
+    repeatability_first_sent: datetime
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    sender: str
+    message: str
+    recipients: list[SmsRecipientRequest]
+    #: Echoed back by ACS in the delivery report.
+    tag: str
+
+
+@dataclass(frozen=True)
+class SmsRecipientResult:
+    to: str
+    message_id: str | None
+    #: None when ACS accepted this recipient.
+    error: Exception | None = None
+
+
+class SmsSender(Protocol):
+    """Sends one SMS to several recipients. Whole-request failures raise ``SendError``; a
+    recipient refused inside a 202 comes back as a result whose ``error`` is a ``SendError``."""
+
+    def send(self, sms: OutgoingSms) -> list[SmsRecipientResult]: ...

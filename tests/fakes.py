@@ -1,0 +1,180 @@
+"""Fakes for every port: in memory, recording what they were asked to do, and failing loudly
+when used in a way the real adapter would refuse."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Iterable
+
+from shared.domain.errors import ConcurrencyConflict, SendError
+from shared.domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from shared.service.ports import OutgoingEmail, OutgoingMessage, OutgoingSms, SmsRecipientResult
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+class FakeLedger:
+    """The Ledger port in memory. Stores deep copies, so a caller mutating its object changes
+    nothing until it saves, as with a real store."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Notification] = {}
+        self.parked: dict[str, DeliveryReport] = {}
+
+    def _copy(self, n: Notification) -> Notification:
+        return n.model_copy(deep=True)
+
+    def add(self, notification: Notification) -> Notification:
+        if notification.idempotency_key:
+            for existing in self.rows.values():
+                if existing.idempotency_key == notification.idempotency_key:
+                    return self._copy(existing)
+        notification.version = 1
+        self.rows[notification.id] = self._copy(notification)
+        return notification
+
+    def get(self, notification_id: str) -> Notification | None:
+        stored = self.rows.get(notification_id)
+        return self._copy(stored) if stored else None
+
+    def save(self, notification: Notification) -> None:
+        if self.save_many([notification]):
+            raise ConcurrencyConflict(notification.id)
+
+    def save_many(self, notifications: list[Notification]) -> list[Notification]:
+        lost = []
+        for n in notifications:
+            stored = self.rows.get(n.id)
+            if stored is None or stored.version != n.version:
+                lost.append(n)
+                continue
+            n.version += 1
+            self.rows[n.id] = self._copy(n)
+        return lost
+
+    def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
+        wanted = set(message_ids)
+        found: dict[str, Notification] = {}
+        for stored in self.rows.values():
+            owned = stored.message_ids & wanted
+            if owned:
+                copy_ = self._copy(stored)
+                for message_id in owned:
+                    found[message_id] = copy_
+        return found
+
+    def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
+        for report in reports:
+            self.parked.setdefault(report.event_id, report)
+
+    def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+        wanted = set(message_ids)
+        taken = [r for r in self.parked.values() if r.message_id in wanted]
+        for report in taken:
+            del self.parked[report.event_id]
+        return taken
+
+    def parked_reports(self, limit: int) -> list[DeliveryReport]:
+        return list(self.parked.values())[:limit]
+
+    def status_counts(self, *, start: datetime, end: datetime, channel: Channel | None = None):
+        counts: dict[tuple[Channel, NotificationStatus], int] = {}
+        for n in self.rows.values():
+            if start <= n.created_at < end and (channel is None or n.channel is channel):
+                key = (n.channel, n.status)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def awaiting_reports(self, *, sent_before: datetime, limit: int) -> list[Notification]:
+        found = [
+            self._copy(n)
+            for n in self.rows.values()
+            if any(r.status is RecipientStatus.SENT and r.updated_at and r.updated_at <= sent_before for r in n.recipients)
+        ]
+        return found[:limit]
+
+    def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
+        found = [self._copy(n) for n in self.rows.values() if n.queued_at is None and n.created_at <= accepted_before]
+        return found[:limit]
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+        self.fail_next: Exception | None = None
+
+    def send(self, message: OutgoingMessage) -> None:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        self.sent.append(message)
+
+
+@dataclass
+class FakeEmailSender:
+    """Records sends; ``failures`` are raised one per call before any success. Like ACS, it
+    remembers operation ids, and ``lose_response`` simulates a send that ACS accepted but whose
+    answer never came back."""
+
+    failures: list[SendError] = field(default_factory=list)
+    sent: list[OutgoingEmail] = field(default_factory=list)
+    operations: set[str] = field(default_factory=set)
+    lookups: list[str] = field(default_factory=list)
+    lose_response: SendError | None = None
+
+    def send(self, email: OutgoingEmail) -> str:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(email)
+        self.operations.add(email.operation_id)
+        if self.lose_response is not None:
+            error, self.lose_response = self.lose_response, None
+            raise error
+        return email.operation_id
+
+    def find_operation(self, operation_id: str) -> str | None:
+        self.lookups.append(operation_id)
+        return operation_id if operation_id in self.operations else None
+
+
+@dataclass
+class FakeSmsSender:
+    """Per-recipient scripted outcomes: ``outcomes[number]`` is a list of errors to return for
+    that number, one per call, before it succeeds. Repeated repeatability ids return the first
+    message id, as ACS does."""
+
+    outcomes: dict[str, list[SendError]] = field(default_factory=dict)
+    failures: list[SendError] = field(default_factory=list)
+    sent: list[OutgoingSms] = field(default_factory=list)
+    by_repeatability_id: dict[str, str] = field(default_factory=dict)
+
+    def send(self, sms: OutgoingSms) -> list[SmsRecipientResult]:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(copy.deepcopy(sms))
+        results = []
+        for recipient in sms.recipients:
+            scripted = self.outcomes.get(recipient.to)
+            if scripted:
+                results.append(SmsRecipientResult(to=recipient.to, message_id=None, error=scripted.pop(0)))
+                continue
+            message_id = self.by_repeatability_id.setdefault(
+                recipient.repeatability_request_id, f"Outgoing_{len(self.by_repeatability_id) + 1:04d}"
+            )
+            results.append(SmsRecipientResult(to=recipient.to, message_id=message_id))
+        return results
+
+    @property
+    def unique_messages(self) -> int:
+        return len(self.by_repeatability_id)

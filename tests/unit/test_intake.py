@@ -1,0 +1,52 @@
+import pytest
+
+from shared.domain.errors import IdempotencyConflict
+from shared.domain.model import NotificationStatus
+from tests.unit.builders import World, email_command
+
+
+def test_an_accepted_notification_is_recorded_and_queued_once():
+    world = World()
+    notification, created = world.submit(email_command("a@example.com"))
+
+    assert created
+    stored = world.ledger.get(notification.id)
+    assert stored.status is NotificationStatus.ACCEPTED
+    assert [h.event for h in stored.history] == ["accepted", "queued"]
+    assert [m.body for m in world.publisher.sent] == [{"notificationId": notification.id, "attempt": 1}]
+
+
+def test_the_same_idempotency_key_and_body_returns_the_first_notification_and_queues_nothing_new():
+    world = World()
+    first, _ = world.submit(email_command(key="k1"))
+    again, created = world.submit(email_command(key="k1"))
+
+    assert not created
+    assert again.id == first.id
+    assert len(world.publisher.sent) == 1
+    assert len(world.ledger.rows) == 1
+
+
+def test_the_same_idempotency_key_with_a_different_body_is_a_conflict():
+    world = World()
+    first, _ = world.submit(email_command(key="k1", request_hash="h1"))
+
+    with pytest.raises(IdempotencyConflict) as raised:
+        world.submit(email_command(key="k1", request_hash="other"))
+    assert raised.value.existing_id == first.id
+    assert len(world.publisher.sent) == 1
+
+
+def test_a_retry_after_a_failed_enqueue_queues_the_notification_that_was_recorded():
+    world = World()
+    world.publisher.fail_next = OSError("queue unavailable")
+    with pytest.raises(OSError):
+        world.submit(email_command(key="k1"))
+    recorded = next(iter(world.ledger.rows.values()))
+    assert recorded.queued_at is None
+
+    again, created = world.submit(email_command(key="k1"))
+
+    assert not created and again.id == recorded.id
+    assert [m.body["notificationId"] for m in world.publisher.sent] == [recorded.id]
+    assert world.ledger.get(recorded.id).queued_at is not None
