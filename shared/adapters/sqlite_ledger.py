@@ -62,8 +62,9 @@ class SqliteLedger:
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._transaction() as db:
-            db.executescript(_SCHEMA)
+        # Not inside _transaction(): executescript() COMMITs any open transaction before it runs,
+        # so the wrapper's own COMMIT would fail. Every statement is IF NOT EXISTS.
+        self._connection().executescript(_SCHEMA)
 
     # ------------------------------------------------------------------ connection
 

@@ -240,7 +240,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         channel: Channel | None = Query(None),
     ) -> dict[str, Any]:
         caller(request, "operator")
-        end = end or datetime.now(timezone.utc)
+        end = end or get_services().clock.now()
         start = start or end - timedelta(hours=24)
         if start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)
