@@ -1,0 +1,338 @@
+"""Delivery reports: Event Grid-schema events for ACS, and the background thread that posts them.
+
+Events follow the Event Grid schema of the ACS system events
+(``Microsoft.Communication.EmailDeliveryReportReceived`` and
+``Microsoft.Communication.SMSDeliveryReportReceived``). They are posted as a JSON array with the
+headers Event Grid sends on a notification (``aeg-event-type: Notification`` and friends) plus
+``Authorization: Bearer <webhook_token>``.
+
+The :class:`ReportDispatcher` keeps due reports in a heap served by one daemon thread. Reports that
+fall due together are sent in one POST (as Event Grid batches). A POST that fails or answers
+non-2xx is retried every ``retry_interval_s`` until ``give_up_after_s`` have passed since the
+reports fell due, then dropped with a log line, so reports survive the webhook's app starting late.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+EMAIL_DELIVERY_REPORT = "Microsoft.Communication.EmailDeliveryReportReceived"
+SMS_DELIVERY_REPORT = "Microsoft.Communication.SMSDeliveryReportReceived"
+
+EMAIL_STATUS_MESSAGES = {
+    "Delivered": "No error.",
+    "Bounced": "550 5.1.1 The recipient's mailbox does not exist (simulated hard bounce).",
+    "Suppressed": "The recipient is on the suppression list after an earlier hard bounce (simulated).",
+    "Failed": "The message could not be delivered (simulated failure).",
+    "Quarantined": "The recipient's mail server quarantined the message (simulated).",
+    "FilteredSpam": "The recipient's mail server rejected the message as spam (simulated).",
+}
+
+SMS_STATUS_DETAILS = {
+    "Delivered": "No error.",
+    "Failed": "Message could not be delivered to the handset (simulated failure).",
+}
+
+
+def utc_now_iso() -> str:
+    """ISO 8601 UTC time with seconds fraction and a ``Z``, as Event Grid writes ``eventTime``."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def email_delivery_event(
+    *,
+    topic: str,
+    sender: str,
+    recipient: str,
+    message_id: str,
+    internet_message_id: str,
+    status: str,
+) -> dict[str, Any]:
+    now = utc_now_iso()
+    details: dict[str, Any] = {"statusMessage": EMAIL_STATUS_MESSAGES.get(status, status)}
+    if status in ("Delivered", "Bounced", "Quarantined", "FilteredSpam"):
+        details["recipientMailServerHostName"] = "mx." + recipient.rpartition("@")[2].lower()
+    return {
+        "id": str(uuid.uuid4()),
+        "topic": topic,
+        "subject": f"sender/{sender}/message/{message_id}",
+        "data": {
+            "sender": sender,
+            "recipient": recipient,
+            "messageId": message_id,
+            "internetMessageId": internet_message_id,
+            "status": status,
+            "deliveryStatusDetails": details,
+            "deliveryAttemptTimestamp": now,
+        },
+        "eventType": EMAIL_DELIVERY_REPORT,
+        "dataVersion": "1.0",
+        "metadataVersion": "1",
+        "eventTime": now,
+    }
+
+
+def sms_segments(message: str) -> int:
+    """Number of SMS segments: GSM-7-ish ASCII 160/153 characters, otherwise UCS-2 70/67."""
+    if message.isascii():
+        single, multi = 160, 153
+    else:
+        single, multi = 70, 67
+    length = len(message)
+    if length <= single:
+        return 1
+    return -(-length // multi)
+
+
+def sms_delivery_event(
+    *,
+    topic: str,
+    message_id: str,
+    sender: str,
+    to: str,
+    status: str,
+    segments: int,
+    sent_at: str,
+    tag: str | None,
+) -> dict[str, Any]:
+    now = utc_now_iso()
+    delivered = status == "Delivered"
+    data: dict[str, Any] = {
+        "messageId": message_id,
+        "from": sender,
+        "to": to,
+        "deliveryStatus": status,
+        "deliveryStatusDetails": SMS_STATUS_DETAILS.get(status, status),
+        "receivedTimestamp": now,
+        "deliveryAttempts": [
+            {
+                "timestamp": sent_at,
+                "segmentsSucceeded": segments if delivered else 0,
+                "segmentsFailed": 0 if delivered else segments,
+            }
+        ],
+    }
+    if tag is not None:
+        data["tag"] = tag
+    return {
+        "id": message_id,
+        "topic": topic,
+        "subject": "/phonenumber/" + to.lstrip("+"),
+        "data": data,
+        "eventType": SMS_DELIVERY_REPORT,
+        "dataVersion": "1.0",
+        "metadataVersion": "1",
+        "eventTime": now,
+    }
+
+
+#: Outcome passed to a job's ``on_done``: the events reached the webhook, or were dropped.
+POSTED = "posted"
+GAVE_UP = "gaveUp"
+
+
+@dataclass(order=True)
+class _Job:
+    due: float
+    seq: int
+    events: list[dict[str, Any]] = field(compare=False)
+    on_done: Callable[[str], None] | None = field(compare=False)
+    generation: int = field(compare=False)
+    deadline: float = field(compare=False)
+    attempts: int = field(default=0, compare=False)
+
+
+class ReportDispatcher:
+    """Posts scheduled report batches to a webhook from one daemon thread."""
+
+    def __init__(
+        self,
+        webhook_url: str,
+        webhook_token: str = "",
+        *,
+        retry_interval_s: float = 0.5,
+        give_up_after_s: float = 60.0,
+        max_batch: int = 100,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._url = webhook_url
+        self._token = webhook_token
+        self._retry_interval_s = retry_interval_s
+        self._give_up_after_s = give_up_after_s
+        self._max_batch = max_batch
+        self._timeout_s = timeout_s
+        self._heap: list[_Job] = []
+        self._seq = itertools.count()
+        self._generation = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._in_flight = 0
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def schedule(self, delay_s: float, events: list[dict[str, Any]], on_done: Callable[[str], None] | None) -> None:
+        """Post ``events`` after ``delay_s``; call ``on_done(POSTED | GAVE_UP)`` afterwards.
+
+        A job without events (or with reports turned off) only waits and then calls
+        ``on_done(POSTED)``, which lets the caller move an operation on at the same pace.
+        """
+        due = time.monotonic() + max(delay_s, 0.0)
+        with self._cond:
+            job = _Job(due, next(self._seq), list(events), on_done, self._generation, due + self._give_up_after_s)
+            heapq.heappush(self._heap, job)
+            self._ensure_started()
+            self._cond.notify()
+
+    def clear(self) -> int:
+        """Drop every report not yet posted (including batches being retried). Returns how many jobs."""
+        with self._cond:
+            dropped = len(self._heap)
+            self._heap.clear()
+            self._generation += 1
+            self._cond.notify()
+        return dropped
+
+    def pending(self) -> int:
+        """Jobs waiting or being posted right now."""
+        with self._cond:
+            return len(self._heap) + self._in_flight
+
+    def wait_idle(self, timeout_s: float = 5.0) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.pending() == 0:
+                return True
+            time.sleep(0.01)
+        return self.pending() == 0
+
+    # -- thread lifecycle -----------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="acs-emulator-reports", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        with self._cond:
+            self._stopping = True
+            left = len(self._heap)
+            self._cond.notify()
+            thread = self._thread
+        if left:
+            logger.info("Report dispatcher stopping with %d report batch(es) not posted", left)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    # -- worker ---------------------------------------------------------------------------------
+    def _take_due(self) -> list[_Job] | None:
+        """Block until jobs are due; return them (None when stopping)."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0].due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                jobs: list[_Job] = []
+                count = 0
+                now = time.monotonic()
+                while self._heap and self._heap[0].due <= now:
+                    if jobs and count + len(self._heap[0].events) > self._max_batch:
+                        break
+                    job = heapq.heappop(self._heap)
+                    jobs.append(job)
+                    count += len(job.events)
+                self._in_flight += len(jobs)
+                return jobs
+
+    def _run(self) -> None:
+        client = httpx.Client(timeout=self._timeout_s)
+        try:
+            while True:
+                jobs = self._take_due()
+                if jobs is None:
+                    return
+                try:
+                    self._deliver(client, jobs)
+                finally:
+                    with self._cond:
+                        self._in_flight -= len(jobs)
+        finally:
+            client.close()
+
+    def _deliver(self, client: httpx.Client, jobs: list[_Job]) -> None:
+        events = [event for job in jobs for event in job.events]
+        ok = True
+        if events and self._url:
+            attempt = max(job.attempts for job in jobs) + 1
+            ok = self._post(client, events, attempt)
+        elif events:
+            logger.debug("Reports are turned off (no webhook_url); %d event(s) not posted", len(events))
+        now = time.monotonic()
+        finished: list[tuple[_Job, str]] = []
+        with self._cond:
+            for job in jobs:
+                if job.generation != self._generation:
+                    continue  # cleared while being posted
+                if ok:
+                    finished.append((job, POSTED))
+                elif now >= job.deadline or self._stopping:
+                    finished.append((job, GAVE_UP))
+                else:
+                    job.attempts += 1
+                    job.due = now + self._retry_interval_s
+                    heapq.heappush(self._heap, job)
+            if any(outcome == GAVE_UP for _, outcome in finished):
+                logger.warning(
+                    "Gave up posting %d delivery report(s) after %.0f s of failures",
+                    sum(len(job.events) for job, outcome in finished if outcome == GAVE_UP),
+                    self._give_up_after_s,
+                )
+        for job, outcome in finished:
+            if job.on_done is not None:
+                try:
+                    job.on_done(outcome)
+                except Exception:  # noqa: BLE001 - a callback must not kill the thread
+                    logger.exception("Report completion callback failed")
+
+    def _post(self, client: httpx.Client, events: list[dict[str, Any]], attempt: int) -> bool:
+        headers = {
+            "Content-Type": "application/json",
+            "aeg-event-type": "Notification",
+            "aeg-subscription-name": "ACS-EMULATOR",
+            "aeg-delivery-count": str(attempt - 1),
+            "aeg-data-version": "1.0",
+            "aeg-metadata-version": "1",
+        }
+        if self._token:
+            headers["Authorization"] = "Bearer " + self._token
+        try:
+            response = client.post(self._url, content=json.dumps(events), headers=headers)
+        except httpx.HTTPError as exc:
+            if attempt == 1 or attempt % 20 == 0:
+                logger.info("Webhook not reachable (attempt %d, %s); will retry", attempt, type(exc).__name__)
+            return False
+        if 200 <= response.status_code < 300:
+            logger.info("Posted %d delivery report(s) to the webhook (attempt %d)", len(events), attempt)
+            return True
+        if attempt == 1 or attempt % 20 == 0:
+            logger.info("Webhook answered %d (attempt %d); will retry", response.status_code, attempt)
+        return False
