@@ -58,7 +58,8 @@ class AcsEmailSender:
     def find_operation(self, operation_id: str) -> str | None:
         # The 1.1 SDK has no call for GET /emails/operations/{id}; send it through the client's own
         # pipeline so it is signed and authenticated exactly like a send.
-        api_version = self._client._config.api_version
+        configured = self._client._config.api_version
+        api_version = getattr(configured, "value", configured)  # the SDK may hold an ApiVersion enum
         request = HttpRequest("GET", f"/emails/operations/{quote(operation_id)}", params={"api-version": api_version})
         with acs_errors("email status"):
             response = self._client.send_request(request)

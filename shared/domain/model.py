@@ -157,6 +157,11 @@ class Notification(BaseModel):
     first_attempt_at: datetime | None = None
     #: While set and in the future, one dispatcher is sending; duplicate queue messages step aside.
     sending_until: datetime | None = None
+    #: True from the start of an attempt until its outcome is known. Still true at the next attempt
+    #: (the worker died mid-send, or the error left it open whether ACS acted), it means: ask ACS
+    #: whether it already has this send before sending again.
+    outcome_unknown: bool = False
+    check_before_send: bool = False
     dead_letter: DeadLetterInfo | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     applied_event_ids: list[str] = Field(default_factory=list)
@@ -237,6 +242,8 @@ class Notification(BaseModel):
 
     def start_attempt(self, at: datetime, *, lease_until: datetime) -> int:
         self.sending_until = lease_until
+        self.check_before_send = self.outcome_unknown
+        self.outcome_unknown = True
         self.attempts += 1
         if self.first_attempt_at is None:
             self.first_attempt_at = at
@@ -245,6 +252,7 @@ class Notification(BaseModel):
 
     def record_attempt_failed(self, at: datetime, error: SendError, *, retry_in: float | None) -> None:
         self.sending_until = None
+        self.outcome_unknown = bool(getattr(error, "ambiguous", False))
         detail: dict[str, Any] = {"attempt": self.attempts, "reason": error.reason, "error": error.describe()}
         if retry_in is not None:
             detail["retryInSeconds"] = round(retry_in, 3)
@@ -252,6 +260,7 @@ class Notification(BaseModel):
 
     def finish_attempt(self) -> None:
         self.sending_until = None
+        self.outcome_unknown = False
 
     def record_sent(self, at: datetime, address: str, message_id: str) -> None:
         for recipient in self.recipients:
@@ -275,6 +284,7 @@ class Notification(BaseModel):
 
     def mark_dead_lettered(self, at: datetime, reason: str, description: str) -> None:
         self.sending_until = None
+        self.outcome_unknown = False
         self.dead_letter = DeadLetterInfo(reason=reason, description=description, at=at)
         self._record(at, "dead_lettered", detail={"reason": reason, "description": description})
 

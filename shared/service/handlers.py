@@ -209,7 +209,7 @@ def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger,
     operation_id = notification.email_operation_id
     # An earlier attempt may have reached ACS before it failed or the worker died: ask ACS first,
     # because nothing documents that ACS drops a repeated Operation-Id.
-    message_id = sender.find_operation(operation_id) if notification.attempts > 1 else None
+    message_id = sender.find_operation(operation_id) if notification.check_before_send else None
     if message_id is None:
         content = notification.content
         message_id = sender.send(

@@ -209,3 +209,16 @@ def test_a_queue_message_for_an_unknown_notification_is_dead_lettered():
     world = World()
     outcome = world.dispatch("00000000-0000-0000-0000-000000000000")
     assert isinstance(outcome, DeadLettered) and outcome.reason == "NotificationNotFound"
+
+
+def test_after_a_clean_refusal_the_retry_sends_without_asking_acs_first():
+    world = World()
+    world.email.failures = [Throttled("slow down", status_code=429, retry_after=1)]
+    n, _ = world.submit(email_command())
+
+    first = world.dispatch(n.id)
+    world.clock.advance(first.delay_seconds)
+    world.dispatch(n.id, 2)
+
+    assert world.email.lookups == []  # a 429 means ACS did nothing; asking would spend quota
+    assert len(world.email.sent) == 1
