@@ -309,7 +309,9 @@ class Notification(BaseModel):
             known = report.status.strip().lower() in INFORMATIONAL_REPORT_STATUSES
             detail["effect"] = "informational" if known else "unknown_status"
         else:
-            changed = [r.raise_to(claimed, at, reason=report.detail) for r in targets]
+            # A reason explains an outcome that needs one; "No error." on a delivery does not.
+            reason = None if claimed is RecipientStatus.DELIVERED else report.detail
+            changed = [r.raise_to(claimed, at, reason=reason) for r in targets]
             detail["effect"] = "applied" if any(changed) else "superseded"
         address = targets[0].address if len(targets) == 1 else report.recipient
         self._record(at, "delivery_report", recipient=address, detail=detail)

@@ -9,7 +9,7 @@ rest of its batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from ..domain.model import Channel, DeliveryReport
@@ -41,9 +41,11 @@ def _time(value: Any) -> datetime | None:
         zone = rest[len(digits):]
         text = f"{head}.{digits[:6]}{zone}"
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    # Event Grid times are UTC; a timestamp written without an offset means UTC too.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 @dataclass

@@ -188,3 +188,20 @@ def test_sms_reports_are_matched_by_message_id():
         "+14255550001": RecipientStatus.FAILED,
     }
     assert stored.status is NotificationStatus.FAILED
+
+
+def test_a_report_time_without_an_offset_is_read_as_utc():
+    event = fixture("email_delivery_report_eventgrid.json")
+    event["data"]["deliveryAttemptTimeStamp"] = "2023-02-09T19:46:12.248"
+    [r] = read_events([event], trusted_source=SAMPLE_RESOURCE).reports
+    assert r.occurred_at.utcoffset().total_seconds() == 0
+
+
+def test_a_failed_recipient_keeps_the_reason_acs_gave_and_a_delivered_one_has_none():
+    world = World()
+    n = sent_email(world, "a@example.com", "b@example.com")
+    world.reports(
+        report(n.id, "a@example.com", "Delivered", "e1").model_copy(update={"detail": "No error."}),
+        report(n.id, "b@example.com", "Failed", "e2").model_copy(update={"detail": "MailboxFull"}),
+    )
+    assert [r.reason for r in world.ledger.get(n.id).recipients] == [None, "MailboxFull"]

@@ -1,0 +1,40 @@
+"""Dependencies point inward: the domain and the service layer know no technology."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1] / "shared"
+FORBIDDEN = ("azure", "fastapi", "starlette", "sqlite3", "httpx", "uvicorn")
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            prefix = "." * node.level
+            names.add(prefix + (node.module or ""))
+    return names
+
+
+@pytest.mark.parametrize("layer", ["domain", "service"])
+def test_the_inner_layers_import_no_technology(layer):
+    offenders = {
+        f"{path.relative_to(SHARED)}: {name}"
+        for path in (SHARED / layer).rglob("*.py")
+        for name in imported_modules(path)
+        if name.split(".")[0] in FORBIDDEN or "adapters" in name or "entrypoints" in name
+    }
+    assert not offenders
+
+
+def test_only_bootstrap_reads_settings_and_builds_sdk_clients():
+    builders = {
+        str(path.relative_to(SHARED))
+        for path in SHARED.rglob("*.py")
+        if any(word in path.read_text() for word in ("load_settings(", "EmailClient(", "SmsClient(", "DefaultAzureCredential("))
+    }
+    assert builders <= {"bootstrap.py", "config.py"}
