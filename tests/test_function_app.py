@@ -88,6 +88,19 @@ class _Context:
     thread_local_storage = None
 
 
+def submit_and_dispatch(services, body: dict) -> str:
+    """POST through the HTTP function, then run the Service Bus function on what it queued."""
+    call_http("POST", "/api/notifications", json.dumps(body).encode(),
+              {"Content-Type": "application/json", "Authorization": "Bearer test-sender"})
+    [queued] = services.queue.sent
+    message = ServiceBusMessage(
+        body=json.dumps(queued.body).encode(), message_id=queued.message_id, delivery_count=1,
+        application_properties=queued.application_properties, user_properties={},
+    )
+    functions()["dispatch_notification"].get_user_function()(message)
+    return queued.body["notificationId"]
+
+
 def test_the_http_function_serves_the_api_under_its_azure_routes(faked_services):
     assert call_http("GET", "/api/health").status_code == 200
 
@@ -109,23 +122,11 @@ def test_the_http_function_refuses_a_request_without_a_token(faked_services):
 
 
 def test_the_service_bus_function_dispatches_the_queued_notification(faked_services):
-    call_http(
-        "POST",
-        "/api/notifications",
-        json.dumps({"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}).encode(),
-        {"Content-Type": "application/json", "Authorization": "Bearer test-sender"},
-    )
-    [queued] = faked_services.queue.sent
-    message = ServiceBusMessage(
-        body=json.dumps(queued.body).encode(), message_id=queued.message_id, delivery_count=1,
-        application_properties=queued.application_properties, user_properties={},
-    )
-
-    functions()["dispatch_notification"].get_user_function()(message)
+    nid = submit_and_dispatch(faked_services, {"channel": "sms", "to": ["+14255551234"], "message": "Code 1"})
 
     [sms] = faked_services.sms_sender.sent
     assert [r.to for r in sms.recipients] == ["+14255551234"]
-    assert faked_services.ledger.get(queued.body["notificationId"]).status is NotificationStatus.SENT
+    assert faked_services.ledger.get(nid).status is NotificationStatus.SENT
 
 
 def test_a_malformed_service_bus_message_is_dead_lettered_in_the_ledger_not_retried(faked_services):
@@ -135,17 +136,7 @@ def test_a_malformed_service_bus_message_is_dead_lettered_in_the_ledger_not_retr
 
 
 def test_the_event_grid_function_applies_a_delivery_report(faked_services):
-    call_http(
-        "POST",
-        "/api/notifications",
-        json.dumps({"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"}).encode(),
-        {"Content-Type": "application/json", "Authorization": "Bearer test-sender"},
-    )
-    [queued] = faked_services.queue.sent
-    nid = queued.body["notificationId"]
-    functions()["dispatch_notification"].get_user_function()(
-        ServiceBusMessage(body=json.dumps(queued.body).encode(), message_id="m", delivery_count=1, application_properties={}, user_properties={})
-    )
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
     event = func.EventGridEvent(
         id="ev-1",
         data={"sender": "DoNotReply@notify.example.com", "recipient": "a@example.com", "messageId": nid, "status": "Delivered",
@@ -163,18 +154,9 @@ def test_the_event_grid_function_applies_a_delivery_report(faked_services):
 
 
 def test_the_timer_function_marks_overdue_sends_unconfirmed(faked_services):
-    call_http(
-        "POST",
-        "/api/notifications",
-        json.dumps({"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"}).encode(),
-        {"Content-Type": "application/json", "Authorization": "Bearer test-sender"},
-    )
-    [queued] = faked_services.queue.sent
-    functions()["dispatch_notification"].get_user_function()(
-        ServiceBusMessage(body=json.dumps(queued.body).encode(), message_id="m", delivery_count=1, application_properties={}, user_properties={})
-    )
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
     faked_services.clock.advance(faked_services.settings.delivery_report_deadline_seconds + 1)
 
     functions()["reconcile"].get_user_function()(None)
 
-    assert faked_services.ledger.get(queued.body["notificationId"]).status is NotificationStatus.UNCONFIRMED
+    assert faked_services.ledger.get(nid).status is NotificationStatus.UNCONFIRMED

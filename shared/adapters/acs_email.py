@@ -53,6 +53,8 @@ class AcsEmailSender:
             # outcome anyway.
             poller = self._client.begin_send(email_message(email), operation_id=email.operation_id, polling=False)
             result = poller.result()
+        if not isinstance(result, dict):  # a 202 with an empty body: the operation is still ours
+            result = {}
         return str(result.get("id") or email.operation_id)
 
     def find_operation(self, operation_id: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
@@ -10,7 +11,9 @@ from typing import Iterator, Mapping
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DeserializationError,
     HttpResponseError,
+    SerializationError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -51,6 +54,8 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are UTC
+            when = when.replace(tzinfo=timezone.utc)
         return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
@@ -93,6 +98,9 @@ def acs_errors(operation: str) -> Iterator[None]:
     except HttpResponseError as exc:
         status = exc.status_code or (exc.response.status_code if exc.response is not None else 500)
         headers = exc.response.headers if exc.response is not None else None
+        if 200 <= status < 300:
+            # ACS accepted the request but its answer could not be read (DecodeError, IncompleteReadError).
+            raise SendTimeout(f"{operation}: unreadable answer to HTTP {status} ({type(exc).__name__})", status_code=status) from exc
         message = exc.error.message if exc.error is not None and exc.error.message else exc.reason or "HTTP error"
         raise error_for_status(status, _error_code(exc), f"{operation}: {message}", retry_after_seconds(headers)) from exc
     except ServiceResponseError as exc:
@@ -105,3 +113,9 @@ def acs_errors(operation: str) -> Iterator[None]:
         raise error from exc
     except AzureError as exc:
         raise SendTimeout(f"{operation}: {type(exc).__name__}") from exc
+    except SerializationError as exc:
+        # Our request could not be encoded; nothing was sent and the same input fails again.
+        raise RequestRejected(f"{operation}: the request could not be serialized ({exc})") from exc
+    except (DeserializationError, json.JSONDecodeError) as exc:
+        # A success answer ACS sent could not be parsed: ACS may have acted.
+        raise SendTimeout(f"{operation}: unreadable answer ({type(exc).__name__})") from exc

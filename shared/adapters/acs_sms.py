@@ -14,6 +14,7 @@ from email.utils import format_datetime
 from azure.communication.sms import SmsClient
 from azure.communication.sms._generated.models import SendMessageRequest, SmsRecipient, SmsSendOptions
 
+from ..domain.errors import RecipientRefused, RequestRejected, SendTimeout
 from ..service.ports import OutgoingSms, SmsRecipientResult
 from .acs_errors import acs_errors, error_for_status
 
@@ -38,6 +39,9 @@ class AcsSmsSender:
         )
         with acs_errors("sms send"):
             response = self._client._sms_service_client.sms.send(request)
+        if response is None or response.value is None:
+            # ACS accepted the request but said nothing per recipient; a resend is safe (same repeatability ids).
+            raise SendTimeout("sms send: HTTP 202 without per-recipient results", status_code=202)
         results = []
         for item in response.value:
             if item.successful and item.message_id:
@@ -49,5 +53,7 @@ class AcsSmsSender:
                 f"repeatability:{item.repeatability_result}" if item.repeatability_result == "rejected" else None,
                 f"sms recipient: {item.error_message or 'not accepted'}",
             )
+            if type(error) is RequestRejected:  # a 4xx for this one recipient: ACS refused it, not the request
+                error = RecipientRefused(error.message, status_code=error.status_code, code=error.code)
             results.append(SmsRecipientResult(to=item.to, message_id=None, error=error))
         return results
