@@ -39,6 +39,17 @@ class Services:
         return SqliteLedger(self.settings.data_dir / "ledger.sqlite3")
 
     @cached_property
+    def suppressions(self):
+        from .adapters.sqlite_suppressions import SqliteSuppressionList
+
+        return SqliteSuppressionList(self.settings.data_dir / "ledger.sqlite3")
+
+    @property
+    def send_lease(self) -> timedelta:
+        # Longer than the slowest ACS call, so a lease never runs out under a live send.
+        return timedelta(seconds=2 * self.settings.acs_timeout_seconds + 5)
+
+    @cached_property
     def queue(self):
         from .adapters.embedded_queue import EmbeddedQueue
 

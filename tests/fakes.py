@@ -178,3 +178,60 @@ class FakeSmsSender:
     @property
     def unique_messages(self) -> int:
         return len(self.by_repeatability_id)
+
+
+class FakeSuppressionList:
+    def __init__(self) -> None:
+        from shared.domain.model import Suppression
+
+        self._key = Suppression.key
+        self.entries: dict[tuple[Channel, str], "Suppression"] = {}
+
+    def add(self, entry) -> bool:
+        key = (entry.channel, self._key(entry.channel, entry.address))
+        if key in self.entries:
+            return False
+        self.entries[key] = entry
+        return True
+
+    def remove(self, channel: Channel, address: str) -> bool:
+        return self.entries.pop((channel, self._key(channel, address)), None) is not None
+
+    def find(self, channel: Channel, addresses: Iterable[str]) -> dict:
+        return {a: self.entries[(channel, self._key(channel, a))] for a in addresses if (channel, self._key(channel, a)) in self.entries}
+
+    def list(self, *, channel: Channel | None = None, limit: int = 100) -> list:
+        entries = [e for (c, _), e in self.entries.items() if channel is None or c is channel]
+        return sorted(entries, key=lambda e: e.created_at, reverse=True)[:limit]
+
+
+class FakeRateLimiter:
+    """The RateLimiter port in memory: the same decision (``SendQuota.blocked_until``) over a list
+    per key. ``calls`` records every request with its answer."""
+
+    def __init__(self, quotas: dict | None = None) -> None:
+        self.quotas = dict(quotas or {})
+        self.taken: dict[str, list[tuple[datetime, int]]] = {}
+        self.calls: list[tuple[str, int, datetime, datetime | None]] = []
+
+    def acquire(self, key: str, units: int, now: datetime) -> datetime | None:
+        quota = self.quotas.get(key)
+        retry_at = None
+        if quota is not None and quota.limits(now):
+            log = self.taken.setdefault(key, [])
+            retry_at = quota.blocked_until(log, units, now)
+            if retry_at is None:
+                log.append((now, units))
+        self.calls.append((key, units, now, retry_at))
+        return retry_at
+
+
+class UnlimitedRateLimiter:
+    """Grants everything; records ``(key, units, now)`` for each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, datetime]] = []
+
+    def acquire(self, key: str, units: int, now: datetime) -> None:
+        self.calls.append((key, units, now))
+        return None

@@ -129,6 +129,25 @@ class DeadLetterInfo(BaseModel):
     at: datetime
 
 
+class Suppression(BaseModel):
+    """A recipient the service will not send to again on a channel, and why."""
+
+    channel: Channel
+    address: str
+    reason: str
+    created_at: datetime
+    notification_id: str | None = None
+
+    @staticmethod
+    def key(channel: Channel, address: str) -> str:
+        # Email addresses compare case-insensitively in practice; E.164 numbers are canonical.
+        return address.lower() if channel is Channel.EMAIL else address
+
+
+#: Report outcomes that put an email address on the suppression list.
+SUPPRESSING_STATUSES = frozenset({RecipientStatus.BOUNCED, RecipientStatus.SUPPRESSED})
+
+
 class DeliveryReport(BaseModel):
     """One recipient's delivery report, as read from an ACS Event Grid event."""
 
@@ -281,6 +300,23 @@ class Notification(BaseModel):
             if recipient.address == address and recipient.status is RecipientStatus.PENDING:
                 recipient.raise_to(RecipientStatus.FAILED, at, reason=error.reason)
         self._record(at, "recipient_refused", recipient=address, detail={"reason": error.reason, "error": error.describe()})
+
+    def record_recipient_suppressed(self, at: datetime, address: str, reason: str) -> None:
+        for recipient in self.recipients:
+            if recipient.address == address and recipient.status is RecipientStatus.PENDING:
+                recipient.raise_to(RecipientStatus.SUPPRESSED, at, reason=reason)
+        self._record(at, "suppressed", recipient=address, detail={"reason": reason})
+
+    def newly_suppressing(self, report: DeliveryReport) -> list[str]:
+        """Addresses this report puts on the suppression list (hard bounces, ACS suppressions)."""
+        claimed = recipient_status_for_report(report.status)
+        if self.channel is not Channel.EMAIL or claimed not in SUPPRESSING_STATUSES:
+            return []
+        return [
+            r.address
+            for r in self.recipients
+            if r.message_id == report.message_id and report.recipient and r.address.lower() == report.recipient.lower()
+        ]
 
     def mark_dead_lettered(self, at: datetime, reason: str, description: str) -> None:
         self.sending_until = None

@@ -216,7 +216,11 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         if parsed.validation_code is not None:
             return JSONResponse({"validationResponse": parsed.validation_code})
         applied = await run_in_threadpool(
-            handlers.apply_delivery_reports, ApplyDeliveryReports(parsed.reports), ledger=svc.ledger, clock=svc.clock
+            handlers.apply_delivery_reports,
+            ApplyDeliveryReports(parsed.reports),
+            ledger=svc.ledger,
+            suppressions=svc.suppressions,
+            clock=svc.clock,
         )
         if parsed.foreign:
             log.warning("rejected %d events from an untrusted source", parsed.foreign)

@@ -41,10 +41,15 @@ def run(
     emulator_port: int = typer.Option(7072, help="Port of the ACS emulator."),
     data_dir: Optional[str] = typer.Option(None, help="Where the embedded queue and ledger live (default .data)."),
     report_delay_ms: Optional[int] = typer.Option(None, help="How long the emulator waits before a delivery report."),
+    workers: int = typer.Option(1, min=1, max=16, help="Dispatcher processes consuming the queue."),
 ) -> None:
-    """Start the whole service locally: API, dispatcher worker and ACS emulator."""
+    """Start the whole service locally: API, dispatcher worker(s) and ACS emulator."""
     local.load_local_settings()
-    raise typer.Exit(local.run_stack(api_port=port, emulator_port=emulator_port, data_dir=data_dir, report_delay_ms=report_delay_ms))
+    raise typer.Exit(
+        local.run_stack(
+            api_port=port, emulator_port=emulator_port, data_dir=data_dir, report_delay_ms=report_delay_ms, workers=workers
+        )
+    )
 
 
 @cli.command()

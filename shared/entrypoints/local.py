@@ -149,7 +149,9 @@ def _eventgrid_key() -> str:
     raise SystemExit("NOTIFY_DEV_KEYS has no eventgrid key, so the emulator could not post delivery reports")
 
 
-def run_stack(*, api_port: int, emulator_port: int, data_dir: str | None, report_delay_ms: int | None) -> int:
+def run_stack(
+    *, api_port: int, emulator_port: int, data_dir: str | None, report_delay_ms: int | None, workers: int = 1
+) -> int:
     host = "127.0.0.1"
     env = dict(os.environ)
     if data_dir:
@@ -168,34 +170,48 @@ def run_stack(*, api_port: int, emulator_port: int, data_dir: str | None, report
         emulator_env["ACS_EMULATOR_REPORT_DELAY_MS"] = str(report_delay_ms)
 
     python = sys.executable
-    specs = [
-        ("emulator", [python, "-m", "acs_emulator"], emulator_env),
-        ("api", [python, "-m", "shared", "api", "--host", host, "--port", str(api_port)], env),
-        ("worker", [python, "-m", "shared", "worker"], env),
-    ]
+    specs = {
+        "emulator": ([python, "-m", "acs_emulator"], emulator_env),
+        "api": ([python, "-m", "shared", "api", "--host", host, "--port", str(api_port)], env),
+    }
+    for index in range(1, workers + 1):
+        specs[f"worker-{index}"] = ([python, "-m", "shared", "worker"], env)
     children: dict[str, subprocess.Popen] = {}
     stopping = threading.Event()
 
     def stop(*_: object) -> None:
         stopping.set()
 
+    def start(name: str) -> None:
+        argv, child_env = specs[name]
+        children[name] = subprocess.Popen(argv, env=child_env, cwd=REPO_ROOT)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    for name, argv, child_env in specs:
-        children[name] = subprocess.Popen(argv, env=child_env, cwd=REPO_ROOT)
+    for name in specs:
+        start(name)
     print(
         f"Notification service on http://{host}:{api_port}/api  (ACS emulator on http://{host}:{emulator_port},"
-        f" data in {env.get('NOTIFY_DATA_DIR', '.data')}). Ctrl-C stops everything.",
+        f" {workers} worker(s), data in {env.get('NOTIFY_DATA_DIR', '.data')}). Ctrl-C stops everything.",
         flush=True,
     )
     exit_code = 0
+    restarts: list[float] = []
     while not stopping.is_set():
-        for name, child in children.items():
-            if child.poll() is not None:
-                print(f"{name} exited with code {child.returncode}; stopping the stack", file=sys.stderr, flush=True)
-                exit_code = child.returncode or 1
-                stopping.set()
-                break
+        for name, child in list(children.items()):
+            if child.poll() is None or stopping.is_set():
+                continue
+            # A dead dispatcher is restarted, as the Functions host restarts a worker: its locked
+            # messages come back when their locks expire. Anything else dying stops the stack.
+            recent = [t for t in restarts if time.monotonic() - t < 60]
+            if name.startswith("worker") and child.returncode != 0 and len(recent) < 10:
+                print(f"{name} died with code {child.returncode}; restarting it", file=sys.stderr, flush=True)
+                restarts[:] = recent + [time.monotonic()]
+                start(name)
+                continue
+            print(f"{name} exited with code {child.returncode}; stopping the stack", file=sys.stderr, flush=True)
+            exit_code = child.returncode or 1
+            stopping.set()
         stopping.wait(0.2)
     for child in children.values():
         if child.poll() is None:

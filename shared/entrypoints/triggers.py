@@ -35,8 +35,10 @@ def dispatch_queue_message(body: bytes | str) -> handlers.DispatchOutcome:
         email_sender=svc.email_sender,
         sms_sender=svc.sms_sender,
         publisher=svc.publisher,
+        suppressions=svc.suppressions,
         policy=svc.policy,
         clock=svc.clock,
+        lease=svc.send_lease,
     )
 
 
@@ -45,7 +47,9 @@ def apply_events(events: Iterable[Any]) -> tuple[ParsedEvents, handlers.ReportsA
     parsed = read_events(events, trusted_source=svc.settings.acs_resource_id)
     if parsed.foreign:
         log.warning("rejected %d events from an untrusted source", parsed.foreign)
-    applied = handlers.apply_delivery_reports(ApplyDeliveryReports(parsed.reports), ledger=svc.ledger, clock=svc.clock)
+    applied = handlers.apply_delivery_reports(
+        ApplyDeliveryReports(parsed.reports), ledger=svc.ledger, suppressions=svc.suppressions, clock=svc.clock
+    )
     return parsed, applied
 
 
@@ -56,4 +60,6 @@ def run_reconciliation() -> handlers.Reconciled:
         report_deadline=now - timedelta(seconds=svc.settings.delivery_report_deadline_seconds),
         requeue_before=now - REQUEUE_AFTER,
     )
-    return handlers.reconcile(cmd, ledger=svc.ledger, publisher=svc.publisher, clock=svc.clock)
+    return handlers.reconcile(
+        cmd, ledger=svc.ledger, publisher=svc.publisher, suppressions=svc.suppressions, clock=svc.clock
+    )

@@ -20,6 +20,7 @@ from ..domain.model import (
     DeliveryReport,
     Notification,
     NotificationStatus,
+    Suppression,
 )
 from .ports import (
     Clock,
@@ -32,13 +33,15 @@ from .ports import (
     OutgoingSms,
     SmsRecipientRequest,
     SmsSender,
+    SuppressionList,
 )
 from .retry import GiveUp, RetryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How long a dispatcher may hold a notification before another may try; longer than an ACS call.
+#: How long a dispatcher may hold a notification before another may try: longer than an ACS call
+#: can take (bootstrap derives it from ACS_TIMEOUT_SECONDS).
 SEND_LEASE = timedelta(seconds=90)
 
 
@@ -133,26 +136,31 @@ def dispatch(
     email_sender: EmailSender,
     sms_sender: SmsSender,
     publisher: MessagePublisher,
+    suppressions: SuppressionList,
     policy: RetryPolicy,
     clock: Clock,
+    lease: timedelta = SEND_LEASE,
 ) -> DispatchOutcome:
     """Make one send attempt. Safe to run for the same notification any number of times, from
     any number of workers: the ledger decides whether a send may happen at all."""
     nid = cmd.notification_id
+    current = ledger.get(nid)
+    if current is None:
+        return DeadLettered("NotificationNotFound", f"No notification {nid} in the ledger.")
+    listed = suppressions.find(current.channel, [r.address for r in current.pending_recipients()])
 
     def claim(n: Notification) -> tuple[str, datetime | None] | None:
         now = clock.now()
+        for address, entry in listed.items():
+            n.record_recipient_suppressed(now, address, f"OnSuppressionList: {entry.reason}")
         if not n.needs_sending:
             return ("nothing left to send", None)
         if n.is_being_sent(now):
             return ("another dispatcher holds it", n.sending_until)
-        n.start_attempt(now, lease_until=now + SEND_LEASE)
+        n.start_attempt(now, lease_until=now + lease)
         return None
 
-    try:
-        notification, skip = _modify(ledger, nid, claim)
-    except NotificationNotFound:
-        return DeadLettered("NotificationNotFound", f"No notification {nid} in the ledger.")
+    notification, skip = _modify(ledger, nid, claim)
     if skip:
         reason, busy_until = skip
         if busy_until is None:
@@ -180,7 +188,7 @@ def dispatch(
     except SendError as exc:
         error = exc
     if error is None:
-        _apply_parked_reports(notification.id, ledger, clock)
+        _apply_parked_reports(notification.id, ledger, suppressions, clock)
         return Completed(f"sent on attempt {attempt}")
 
     decision = policy.decide(attempt, error)
@@ -197,12 +205,17 @@ def dispatch(
     return Rescheduled(decision.delay_seconds, error.describe())
 
 
-def _addresses(notification: Notification, kind: str) -> list[EmailAddress]:
-    return [
-        EmailAddress(r.address, r.display_name)
-        for r in notification.recipients
-        if r.kind == kind
-    ]
+def _pending_addresses(notification: Notification) -> tuple[list[EmailAddress], list[EmailAddress], list[EmailAddress]]:
+    kinds: dict[str, list[EmailAddress]] = {"to": [], "cc": [], "bcc": []}
+    for r in notification.pending_recipients():
+        kinds[r.kind].append(EmailAddress(r.address, r.display_name))
+    to, cc, bcc = kinds["to"], kinds["cc"], kinds["bcc"]
+    # ACS needs at least one "to"; when every "to" is suppressed, the copies still go out.
+    if not to:
+        to, cc = cc, []
+    if not to:
+        to, bcc = bcc, []
+    return to, cc, bcc
 
 
 def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger, clock: Clock) -> SendError | None:
@@ -212,13 +225,14 @@ def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger,
     message_id = sender.find_operation(operation_id) if notification.check_before_send else None
     if message_id is None:
         content = notification.content
+        to, cc, bcc = _pending_addresses(notification)
         message_id = sender.send(
             OutgoingEmail(
                 operation_id=operation_id,
                 sender=notification.sender,
-                to=_addresses(notification, "to"),
-                cc=_addresses(notification, "cc"),
-                bcc=_addresses(notification, "bcc"),
+                to=to,
+                cc=cc,
+                bcc=bcc,
                 subject=content["subject"],
                 text=content.get("text"),
                 html=content.get("html"),
@@ -277,7 +291,9 @@ class ReportsApplied:
     notifications: set[str] = field(default_factory=set)
 
 
-def apply_delivery_reports(cmd: ApplyDeliveryReports, *, ledger: Ledger, clock: Clock) -> ReportsApplied:
+def apply_delivery_reports(
+    cmd: ApplyDeliveryReports, *, ledger: Ledger, suppressions: SuppressionList, clock: Clock
+) -> ReportsApplied:
     summary = ReportsApplied()
     if not cmd.reports:
         return summary
@@ -289,6 +305,7 @@ def apply_delivery_reports(cmd: ApplyDeliveryReports, *, ledger: Ledger, clock: 
         summary.parked = len(orphans)
     touched: dict[str, Notification] = {}
     per_notification: dict[str, list[DeliveryReport]] = {}
+    to_suppress: list[Suppression] = []
     now = clock.now()
     for report in cmd.reports:
         notification = owners.get(report.message_id)
@@ -298,22 +315,30 @@ def apply_delivery_reports(cmd: ApplyDeliveryReports, *, ledger: Ledger, clock: 
         if notification.apply_report(report, now):
             touched[notification.id] = notification
             summary.applied += 1
+            reason = f"{report.status}: {report.detail}" if report.detail else report.status
+            to_suppress += [
+                Suppression(channel=notification.channel, address=a, reason=reason, created_at=now, notification_id=notification.id)
+                for a in notification.newly_suppressing(report)
+            ]
         else:
             summary.duplicates += 1
     for lost in ledger.save_many(list(touched.values())):
         reports = per_notification[lost.id]
         _modify(ledger, lost.id, lambda n: [n.apply_report(r, clock.now()) for r in reports])
+    # After the ledger write: a crash in between loses a suppression, never a report.
+    for entry in to_suppress:
+        suppressions.add(entry)
     summary.notifications = set(touched)
     return summary
 
 
-def _apply_parked_reports(notification_id: str, ledger: Ledger, clock: Clock) -> None:
+def _apply_parked_reports(notification_id: str, ledger: Ledger, suppressions: SuppressionList, clock: Clock) -> None:
     notification = ledger.get(notification_id)
     if notification is None:
         return
     parked = ledger.take_parked_reports(notification.message_ids)
     if parked:
-        apply_delivery_reports(ApplyDeliveryReports(parked), ledger=ledger, clock=clock)
+        apply_delivery_reports(ApplyDeliveryReports(parked), ledger=ledger, suppressions=suppressions, clock=clock)
 
 
 # ------------------------------------------------------------------------------ reconciliation
@@ -326,7 +351,15 @@ class Reconciled:
     parked_applied: int = 0
 
 
-def reconcile(cmd: Reconcile, *, ledger: Ledger, publisher: MessagePublisher, clock: Clock, batch: int = 500) -> Reconciled:
+def reconcile(
+    cmd: Reconcile,
+    *,
+    ledger: Ledger,
+    publisher: MessagePublisher,
+    suppressions: SuppressionList,
+    clock: Clock,
+    batch: int = 500,
+) -> Reconciled:
     summary = Reconciled()
     stale = ledger.awaiting_reports(sent_before=cmd.report_deadline, limit=batch)
     changed = [n for n in stale if n.mark_unconfirmed(clock.now(), cmd.report_deadline)]
@@ -345,7 +378,7 @@ def reconcile(cmd: Reconcile, *, ledger: Ledger, publisher: MessagePublisher, cl
         if known:
             reports = ledger.take_parked_reports(known)
             summary.parked_applied = apply_delivery_reports(
-                ApplyDeliveryReports(reports), ledger=ledger, clock=clock
+                ApplyDeliveryReports(reports), ledger=ledger, suppressions=suppressions, clock=clock
             ).applied
     if summary.unconfirmed or summary.requeued or summary.parked_applied:
         log.info(

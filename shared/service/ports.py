@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Protocol
 
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus
+from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, Suppression
 
 
 # ---------------------------------------------------------------------------- clock
@@ -65,6 +65,24 @@ class Ledger(Protocol):
 
     def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
         """Notifications accepted before the cutoff that were never marked queued."""
+
+
+# ---------------------------------------------------------------------------- suppressions
+
+
+class SuppressionList(Protocol):
+    """Recipients the service will not send to again, per channel, until an operator removes them."""
+
+    def add(self, entry: Suppression) -> bool:
+        """Add an entry; False (and nothing changed) when the recipient is already listed."""
+
+    def remove(self, channel: Channel, address: str) -> bool: ...
+
+    def find(self, channel: Channel, addresses: Iterable[str]) -> dict[str, Suppression]:
+        """Entries for those of ``addresses`` that are listed, keyed by the address as given."""
+
+    def list(self, *, channel: Channel | None = None, limit: int = 100) -> list[Suppression]:
+        """Newest first."""
 
 
 # ---------------------------------------------------------------------------- queue
@@ -196,3 +214,14 @@ class SmsSender(Protocol):
     recipient refused inside a 202 comes back as a result whose ``error`` is a ``SendError``."""
 
     def send(self, sms: OutgoingSms) -> list[SmsRecipientResult]: ...
+
+
+# ---------------------------------------------------------------------------- quotas
+
+
+class RateLimiter(Protocol):
+    """Shared send quotas. ``acquire`` takes ``units`` for ``key`` (a channel) when every limit of
+    its quota allows it and returns None; otherwise it takes nothing and returns the earliest time
+    at which the same request could succeed."""
+
+    def acquire(self, key: str, units: int, now: datetime) -> datetime | None: ...

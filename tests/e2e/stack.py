@@ -38,9 +38,12 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1, what: st
 
 
 class LocalStack:
-    def __init__(self, data_dir: Path, *, only: str | None = None, report_delay_ms: int = 100, **settings: str) -> None:
+    def __init__(
+        self, data_dir: Path, *, only: str | None = None, report_delay_ms: int = 100, workers: int = 1, **settings: str
+    ) -> None:
         self.data_dir = data_dir
         self.only = only
+        self.workers = workers
         self.api_port = free_port()
         self.emulator_port = free_port()
         self.report_delay_ms = report_delay_ms
@@ -84,6 +87,7 @@ class LocalStack:
                 "--emulator-port", str(self.emulator_port),
                 "--data-dir", str(self.data_dir),
                 "--report-delay-ms", str(self.report_delay_ms),
+                "--workers", str(self.workers),
             ]
         log = open(self.data_dir / f"stack-{self.api_port}.log", "w")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
@@ -101,6 +105,19 @@ class LocalStack:
             return ok
         except httpx.HTTPError:
             return False
+
+    def worker_pids(self) -> list[int]:
+        """Dispatcher processes of this stack, read from /proc."""
+        pids = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().split(b"\0")
+                stat = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if b"worker" in argv and b"shared" in argv and int(stat[2]) == self.process.pid and stat[0] != "Z":
+                pids.append(int(cmdline.parent.name))
+        return pids
 
     def log_text(self) -> str:
         path = self.data_dir / f"stack-{self.api_port}.log"
@@ -141,6 +158,9 @@ class LocalStack:
     def emulator_messages(self, channel: str | None = None) -> list[dict]:
         params = {"channel": channel} if channel else None
         return httpx.get(f"{self.emulator}/emulator/messages", params=params, timeout=10).json()
+
+    def emulator_requests(self) -> list[dict]:
+        return httpx.get(f"{self.emulator}/emulator/requests", timeout=10).json()
 
     def set_faults(self, **faults) -> None:
         httpx.put(f"{self.emulator}/emulator/faults", json=faults, timeout=10).raise_for_status()

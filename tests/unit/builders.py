@@ -6,7 +6,7 @@ from shared.domain.commands import SubmitNotification
 from shared.domain.model import Channel, Recipient
 from shared.service import handlers
 from shared.service.retry import RetryPolicy
-from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender
+from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList
 
 
 def email_command(*to: str, key: str | None = None, request_hash: str = "h1") -> SubmitNotification:
@@ -39,6 +39,7 @@ class World:
         self.publisher = FakePublisher()
         self.email = FakeEmailSender()
         self.sms = FakeSmsSender()
+        self.suppressions = FakeSuppressionList()
         # Deterministic jitter: always the top of the range.
         self.policy = RetryPolicy(max_attempts=max_attempts, base_seconds=2, max_seconds=60, uniform=lambda lo, hi: hi)
 
@@ -54,6 +55,7 @@ class World:
             email_sender=self.email,
             sms_sender=self.sms,
             publisher=self.publisher,
+            suppressions=self.suppressions,
             policy=self.policy,
             clock=self.clock,
         )
@@ -61,4 +63,6 @@ class World:
     def reports(self, *reports):
         from shared.domain.commands import ApplyDeliveryReports
 
-        return handlers.apply_delivery_reports(ApplyDeliveryReports(list(reports)), ledger=self.ledger, clock=self.clock)
+        return handlers.apply_delivery_reports(
+            ApplyDeliveryReports(list(reports)), ledger=self.ledger, suppressions=self.suppressions, clock=self.clock
+        )

@@ -1,0 +1,54 @@
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from shared.adapters.sqlite_suppressions import SqliteSuppressionList
+from shared.domain.model import Channel, Suppression
+from tests.fakes import FakeSuppressionList
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["fake", "sqlite"])
+def suppressions(request, tmp_path):
+    return FakeSuppressionList() if request.param == "fake" else SqliteSuppressionList(tmp_path / "ledger.sqlite3")
+
+
+def entry(address: str, channel: Channel = Channel.EMAIL, minutes: int = 0) -> Suppression:
+    return Suppression(channel=channel, address=address, reason="Bounced", created_at=T0 + timedelta(minutes=minutes))
+
+
+def test_an_email_address_is_found_whatever_its_case(suppressions):
+    assert suppressions.add(entry("Someone@Example.com"))
+    found = suppressions.find(Channel.EMAIL, ["someone@example.com", "other@example.com"])
+    assert list(found) == ["someone@example.com"]
+    assert found["someone@example.com"].reason == "Bounced"
+
+
+def test_adding_a_listed_recipient_again_changes_nothing(suppressions):
+    assert suppressions.add(entry("a@example.com", minutes=1))
+    assert not suppressions.add(entry("A@example.com", minutes=5))
+    [only] = suppressions.list()
+    assert only.created_at == T0 + timedelta(minutes=1)
+
+
+def test_channels_are_separate_lists(suppressions):
+    suppressions.add(entry("+14255551234", Channel.SMS))
+    assert suppressions.find(Channel.EMAIL, ["+14255551234"]) == {}
+    assert list(suppressions.find(Channel.SMS, ["+14255551234"])) == ["+14255551234"]
+
+
+def test_removal_takes_an_entry_off_and_says_whether_there_was_one(suppressions):
+    suppressions.add(entry("a@example.com"))
+    assert suppressions.remove(Channel.EMAIL, "A@EXAMPLE.COM")
+    assert not suppressions.remove(Channel.EMAIL, "a@example.com")
+    assert suppressions.find(Channel.EMAIL, ["a@example.com"]) == {}
+
+
+def test_the_list_is_newest_first_filtered_by_channel_and_limited(suppressions):
+    for i in range(5):
+        suppressions.add(entry(f"u{i}@example.com", minutes=i))
+    suppressions.add(entry("+14255551234", Channel.SMS, minutes=10))
+
+    assert [e.address for e in suppressions.list(channel=Channel.EMAIL, limit=3)] == ["u4@example.com", "u3@example.com", "u2@example.com"]
+    assert suppressions.list()[0].channel is Channel.SMS
