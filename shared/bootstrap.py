@@ -44,6 +44,12 @@ class Services:
 
         return SqliteSuppressionList(self.settings.data_dir / "ledger.sqlite3")
 
+    @cached_property
+    def rate_limiter(self):
+        from .adapters.sqlite_rate_limiter import SqliteRateLimiter
+
+        return SqliteRateLimiter(self.settings.data_dir / "queue.sqlite3", self.settings.quotas())
+
     @property
     def send_lease(self) -> timedelta:
         # Longer than the slowest ACS call, so a lease never runs out under a live send.

@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     delivery_report_deadline_seconds: int = Field(3600, alias="DELIVERY_REPORT_DEADLINE_SECONDS", ge=1)
     max_request_bytes: int = Field(256 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
 
+    # Send quotas (0 = unlimited). Defaults are ACS's documented limits for a custom email domain
+    # and a toll-free number; raise them only after ACS raised the subscription's quota.
+    email_rate_per_minute: int = Field(30, alias="EMAIL_RATE_PER_MINUTE", ge=0)
+    email_rate_per_hour: int = Field(100, alias="EMAIL_RATE_PER_HOUR", ge=0)
+    sms_rate_per_minute: int = Field(200, alias="SMS_RATE_PER_MINUTE", ge=0)
+    sms_rate_per_hour: int = Field(0, alias="SMS_RATE_PER_HOUR", ge=0)
+    # Optional ramp-up of a new sending domain: hourly caps by day from the start date.
+    email_warmup_start: str | None = Field(None, alias="EMAIL_WARMUP_START")
+    email_warmup_hourly: str | None = Field(None, alias="EMAIL_WARMUP_HOURLY")
+
     dispatch_concurrency: int = Field(8, alias="DISPATCH_CONCURRENCY", ge=1, le=256)
     queue_lock_seconds: int = Field(60, alias="QUEUE_LOCK_SECONDS", ge=5, le=300)
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
@@ -71,7 +81,21 @@ class Settings(BaseSettings):
         if self.environment == "azure" and self.dev_keys:
             raise ValueError("NOTIFY_DEV_KEYS must be empty when NOTIFY_ENVIRONMENT=azure")
         self.parsed_dev_keys()  # fail at start-up, not on the first request
+        self.quotas()
         return self
+
+    def quotas(self) -> dict:
+        """Send quotas per channel, for the rate limiter."""
+        from .service.quota import SendQuota, parse_warmup
+
+        try:
+            warmup = parse_warmup(self.email_warmup_start or None, self.email_warmup_hourly or None)
+        except ValueError as exc:
+            raise ValueError(f"EMAIL_WARMUP_START / EMAIL_WARMUP_HOURLY: {exc}") from None
+        return {
+            "email": SendQuota(self.email_rate_per_minute or None, self.email_rate_per_hour or None, warmup),
+            "sms": SendQuota(self.sms_rate_per_minute or None, self.sms_rate_per_hour or None),
+        }
 
     def parsed_dev_keys(self) -> dict[str, str]:
         """Map token -> role from ``role=key,role=key``."""

@@ -5,7 +5,7 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
-from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList
+from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList, UnlimitedRateLimiter
 from shared.service.retry import RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,7 @@ def faked_services():
     services.email_sender = FakeEmailSender()
     services.sms_sender = FakeSmsSender()
     services.suppressions = FakeSuppressionList()
+    services.rate_limiter = UnlimitedRateLimiter()
     services.policy = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
     bootstrap.use(services)
     yield services

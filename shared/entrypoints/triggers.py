@@ -36,6 +36,7 @@ def dispatch_queue_message(body: bytes | str) -> handlers.DispatchOutcome:
         sms_sender=svc.sms_sender,
         publisher=svc.publisher,
         suppressions=svc.suppressions,
+        rate_limiter=svc.rate_limiter,
         policy=svc.policy,
         clock=svc.clock,
         lease=svc.send_lease,

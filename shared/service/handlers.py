@@ -32,6 +32,7 @@ from .ports import (
     OutgoingMessage,
     OutgoingSms,
     SmsRecipientRequest,
+    RateLimiter,
     SmsSender,
     SuppressionList,
 )
@@ -137,6 +138,7 @@ def dispatch(
     sms_sender: SmsSender,
     publisher: MessagePublisher,
     suppressions: SuppressionList,
+    rate_limiter: RateLimiter,
     policy: RetryPolicy,
     clock: Clock,
     lease: timedelta = SEND_LEASE,
@@ -148,6 +150,9 @@ def dispatch(
     if current is None:
         return DeadLettered("NotificationNotFound", f"No notification {nid} in the ledger.")
     listed = suppressions.find(current.channel, [r.address for r in current.pending_recipients()])
+    deferred = _over_quota(current, listed, rate_limiter, publisher, policy, clock, cmd.attempt)
+    if deferred is not None:
+        return deferred
 
     def claim(n: Notification) -> tuple[str, datetime | None] | None:
         now = clock.now()
@@ -203,6 +208,44 @@ def dispatch(
     _modify(ledger, nid, lambda n: n.record_attempt_failed(clock.now(), error, retry_in=decision.delay_seconds))
     log.info("notification %s attempt %d failed (%s), retry in %.1fs", nid, attempt, error.reason, decision.delay_seconds)
     return Rescheduled(decision.delay_seconds, error.describe())
+
+
+def _over_quota(
+    n: Notification,
+    listed: dict,
+    rate_limiter: RateLimiter,
+    publisher: MessagePublisher,
+    policy: RetryPolicy,
+    clock: Clock,
+    attempt: int,
+) -> Rescheduled | None:
+    """Take quota for the send about to happen, or defer the notification until there is some.
+
+    Quota is taken before the ledger claim: a deferral is then no attempt and no ledger write, and
+    the rare loser of a claim race wastes one unit rather than a send.
+    """
+    now = clock.now()
+    if not n.needs_sending or n.is_being_sent(now):
+        return None
+    recipients = [r for r in n.pending_recipients() if r.address not in listed]
+    units = len(recipients) if n.channel is Channel.SMS else min(len(recipients), 1)
+    if units == 0:
+        return None
+    retry_at = rate_limiter.acquire(n.channel.value, units, now)
+    if retry_at is None:
+        return None
+    # Spread a deferred burst over a second or two rather than waking it all at once.
+    wake = retry_at + timedelta(seconds=policy.uniform(0.0, 2.0))
+    publisher.send(
+        OutgoingMessage(
+            body={"notificationId": n.id, "attempt": attempt},
+            message_id=f"{n.id}:{n.attempts + 1}:quota:{int(retry_at.timestamp())}",
+            application_properties={"notificationId": n.id, "attempt": attempt},
+            scheduled_at=wake,
+        )
+    )
+    log.info("notification %s deferred by the %s quota until %s", n.id, n.channel.value, wake.isoformat())
+    return Rescheduled((wake - now).total_seconds(), f"{n.channel.value} quota reached")
 
 
 def _pending_addresses(notification: Notification) -> tuple[list[EmailAddress], list[EmailAddress], list[EmailAddress]]:

@@ -91,3 +91,15 @@ def test_with_acs_down_longer_than_the_retry_budget_every_notification_is_dead_l
         dead = EmbeddedQueue(tmp_path / "queue.sqlite3", "notifications").dead_letters(limit=100)
         assert sorted(d.body["notificationId"] for d in dead) == sorted(ids)
         assert {d.reason for d in dead} == {"MaxAttemptsExceeded"}
+
+
+def test_the_email_quota_holds_back_what_exceeds_it_without_failing_it(tmp_path):
+    with LocalStack(tmp_path, workers=2, EMAIL_RATE_PER_MINUTE="3") as stack:
+        ids = [stack.send(email()).json()["id"] for _ in range(5)]
+
+        wait_until(lambda: len(stack.emulator_messages("email")) == 3, timeout=15, what="three sends")
+        time.sleep(2)  # the others stay deferred, whatever the dispatchers do meanwhile
+
+        assert len(stack.emulator_messages("email")) == 3
+        statuses = Counter(stack.get(nid)["status"] for nid in ids)
+        assert statuses["accepted"] == 2 and statuses["dead_lettered"] == 0

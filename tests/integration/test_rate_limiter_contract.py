@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -150,17 +150,19 @@ def test_a_refusal_is_never_later_than_the_next_warm_up_step(limiter_with):
 
 _HAMMER = """
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from shared.adapters.sqlite_rate_limiter import SqliteRateLimiter
 from shared.service.quota import SendQuota
-path, now, attempts = sys.argv[1], datetime.fromisoformat(sys.argv[2]), int(sys.argv[3])
+path, start, attempts = sys.argv[1], datetime.fromisoformat(sys.argv[2]), int(sys.argv[3])
 limiter = SqliteRateLimiter(path, {"email": SendQuota(per_minute=50, per_hour=None)})
-sys.stdin.readline()  # start together
-print(sum(limiter.acquire("email", 1, now) is None for _ in range(attempts)))
+for line in sys.stdin:  # one round per line, at the minute it names
+    now = start + timedelta(minutes=int(line))
+    print(sum(limiter.acquire("email", 1, now) is None for _ in range(attempts)), flush=True)
 """
 
 
 def test_processes_sharing_the_file_never_exceed_the_limit_together(tmp_path):
+    # Given two processes hammering one key of 50 a minute, released together for each round
     path = tmp_path / "limits.sqlite3"
     SqliteRateLimiter(path, {}).close()  # create the schema before the race
     workers = [
@@ -170,13 +172,20 @@ def test_processes_sharing_the_file_never_exceed_the_limit_together(tmp_path):
         )
         for _ in range(2)
     ]
-    for worker in workers:  # release them together, once both have started
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    outputs = [w.communicate(timeout=30)[0] for w in workers]
+    # When each round races for the last units of a fresh minute (many rounds, because one race
+    # only rarely lands both processes between another's read and write)
+    granted = []
+    for minute in range(20):
+        for worker in workers:
+            worker.stdin.write(f"{minute}\n")
+            worker.stdin.flush()
+        granted.append(sum(int(worker.stdout.readline()) for worker in workers))
+    for worker in workers:
+        worker.communicate(timeout=30)
 
+    # Then every minute let exactly its 50 through, no more
     assert [w.returncode for w in workers] == [0, 0]
-    assert sum(int(out) for out in outputs) == 50
+    assert granted == [50] * 20
 
 
 def test_the_limiter_shares_the_ledger_file_and_records_nothing_for_unlimited_keys(tmp_path):

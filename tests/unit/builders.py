@@ -6,7 +6,7 @@ from shared.domain.commands import SubmitNotification
 from shared.domain.model import Channel, Recipient
 from shared.service import handlers
 from shared.service.retry import RetryPolicy
-from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList
+from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList, UnlimitedRateLimiter
 
 
 def email_command(*to: str, key: str | None = None, request_hash: str = "h1") -> SubmitNotification:
@@ -40,6 +40,7 @@ class World:
         self.email = FakeEmailSender()
         self.sms = FakeSmsSender()
         self.suppressions = FakeSuppressionList()
+        self.rate_limiter = UnlimitedRateLimiter()
         # Deterministic jitter: always the top of the range.
         self.policy = RetryPolicy(max_attempts=max_attempts, base_seconds=2, max_seconds=60, uniform=lambda lo, hi: hi)
 
@@ -56,6 +57,7 @@ class World:
             sms_sender=self.sms,
             publisher=self.publisher,
             suppressions=self.suppressions,
+            rate_limiter=self.rate_limiter,
             policy=self.policy,
             clock=self.clock,
         )
