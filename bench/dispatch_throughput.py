@@ -1,0 +1,145 @@
+"""Dispatch throughput against the ACS emulator with injected latency, side by side with the ACS
+quickstart pattern (``EmailClient.begin_send(message).result()``, one at a time), in one run.
+
+    .venv/bin/python bench/dispatch_throughput.py [--notifications 400] [--baseline 10] [--latency-ms 100]
+
+Both sides use the same emulator process, the same latency and the real SDK client. Ours goes the
+whole production path: notifications accepted into the SQLite ledger and the embedded queue, then
+the local worker (peek-lock, ledger claim, ACS call, ledger write, settlement) at its configured
+concurrency. The figure is sends per second; the result is the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from acs_emulator.config import DEFAULT_ACCESS_KEY  # noqa: E402
+
+RESOURCE = "/subscriptions/0/resourceGroups/bench/providers/Microsoft.Communication/communicationServices/bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_emulator(port: int) -> subprocess.Popen:
+    env = os.environ | {
+        "ACS_EMULATOR_PORT": str(port),
+        "ACS_EMULATOR_WEBHOOK_URL": "",  # no reports: this measures sending only
+        "ACS_EMULATOR_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "acs_emulator"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/emulator/health", timeout=0.5).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit("the emulator did not start")
+
+
+def ours(endpoint: str, count: int, concurrency: int) -> float:
+    from shared import bootstrap
+    from shared.config import Settings
+    from shared.domain.model import NotificationStatus
+    from shared.entrypoints.local import Worker
+    from shared.entrypoints.schemas import parse_notification_request
+    from shared.service.handlers import submit_notification
+
+    data_dir = tempfile.mkdtemp(prefix="bench-")
+    settings = Settings(
+        NOTIFY_DEV_KEYS="sender=bench",
+        NOTIFY_DATA_DIR=data_dir,
+        ACS_ENDPOINT=endpoint,
+        ACS_ACCESS_KEY=DEFAULT_ACCESS_KEY,
+        ACS_RESOURCE_ID=RESOURCE,
+        EMAIL_SENDERS="DoNotReply@notify.example.com",
+        SMS_SENDERS="+18005550100",
+        EMAIL_RATE_PER_MINUTE="0",
+        EMAIL_RATE_PER_HOUR="0",
+        DISPATCH_CONCURRENCY=str(concurrency),
+        RECONCILE_INTERVAL_SECONDS="3600",
+    )
+    services = bootstrap.Services(settings)
+    bootstrap.use(services)
+    ids = []
+    for i in range(count):
+        cmd = parse_notification_request(
+            {"channel": "email", "to": [f"bench{i}@example.com"], "subject": "Bench", "text": "Hello"}, settings=settings
+        )
+        ids.append(submit_notification(cmd, ledger=services.ledger, publisher=services.publisher, clock=services.clock)[0].id)
+
+    worker = Worker(services, poll_seconds=0.05)
+    started = time.perf_counter()
+    while services.queue.active_count() > 0:
+        worker.run_once()
+    elapsed = time.perf_counter() - started
+    worker._pool.shutdown(wait=True)
+    sent = sum(services.ledger.get(nid).status is NotificationStatus.SENT for nid in ids)
+    assert sent == count, f"only {sent} of {count} were sent"
+    return count / elapsed
+
+
+def quickstart(endpoint: str, count: int) -> float:
+    from azure.communication.email import EmailClient
+    from azure.core.credentials import AzureKeyCredential
+
+    client = EmailClient(endpoint, AzureKeyCredential(DEFAULT_ACCESS_KEY))
+    started = time.perf_counter()
+    for i in range(count):
+        message = {
+            "senderAddress": "DoNotReply@notify.example.com",
+            "recipients": {"to": [{"address": f"quickstart{i}@example.com"}]},
+            "content": {"subject": "Bench", "plainText": "Hello"},
+        }
+        result = client.begin_send(message).result()
+        assert result["status"] == "Succeeded", result
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--notifications", type=int, default=400, help="sends on our side")
+    parser.add_argument("--baseline", type=int, default=10, help="sends on the quickstart side")
+    parser.add_argument("--latency-ms", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=None, help="DISPATCH_CONCURRENCY (default: the setting's default)")
+    args = parser.parse_args()
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    emulator = start_emulator(port)
+    try:
+        httpx.put(f"{endpoint}/emulator/faults", json={"latencyMs": args.latency_ms}).raise_for_status()
+        from shared.config import Settings
+
+        concurrency = args.concurrency or Settings.model_fields["dispatch_concurrency"].default
+        baseline = quickstart(endpoint, args.baseline)
+        ours_rate = ours(endpoint, args.notifications, concurrency)
+    finally:
+        emulator.terminate()
+        emulator.wait()
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}")
+    print(f"ACS emulator latency: {args.latency_ms} ms per request")
+    print(f"quickstart (begin_send(...).result(), one at a time): {args.baseline} sends, {baseline:.2f} sends/s")
+    print(f"dispatcher (queue + ledger + worker, concurrency {concurrency}): {args.notifications} sends, {ours_rate:.1f} sends/s")
+    print(f"ratio: {ours_rate / baseline:.1f}x (target: at least 20x)")
+
+
+if __name__ == "__main__":
+    main()
