@@ -129,6 +129,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]) or "settings"
-            problems.append(f"{name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            name = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{name}: {message}" if name else message)
         raise SettingsError("Invalid app settings: " + "; ".join(problems)) from None

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -91,7 +92,15 @@ def notification_view(n: Notification) -> dict[str, Any]:
 
 
 def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Validate the settings when the app starts (in Azure: the host's first HTTP call), so a
+        # bad one is reported by name instead of failing some later request.
+        get_services()
+        yield
+
     api = FastAPI(
+        lifespan=lifespan,
         title="Notification service",
         version="1.0.0",
         description="Transactional email and SMS through Azure Communication Services.",

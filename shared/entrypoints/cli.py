@@ -20,9 +20,9 @@ cli = typer.Typer(help="Notification service: local stack and operator tools.", 
 console = Console()
 
 
-def _setup(verbose: bool = False) -> None:
+def _setup(verbose: bool = False, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # The Azure SDK logs every request at INFO; that is noise on the local stack.
@@ -90,6 +90,55 @@ def reconciliation(
     for key in keys:
         table.add_row(key, *(f"{figures[key]:.2%}" if key == "failureRate" else str(figures[key]) for _, figures in rows))
     console.print(table)
+
+
+suppressions_cli = typer.Typer(help="The suppression list: recipients the service will not send to again.", no_args_is_help=True)
+cli.add_typer(suppressions_cli, name="suppressions")
+
+
+@suppressions_cli.command("list")
+def suppressions_list(
+    channel: Optional[Channel] = typer.Option(None),
+    limit: int = typer.Option(100, min=1, max=10000),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Entries, newest first."""
+    _setup(quiet=True)
+    entries = bootstrap.services().suppressions.list(channel=channel, limit=limit)
+    if as_json:
+        print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return
+    table = Table(title=f"{len(entries)} suppressed recipient(s)")
+    for column in ("channel", "recipient", "reason", "since", "notification"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.channel.value, e.address, e.reason, e.created_at.isoformat(timespec="seconds"), e.notification_id or "")
+    console.print(table)
+
+
+@suppressions_cli.command("add")
+def suppressions_add(
+    channel: Channel,
+    recipient: str,
+    reason: str = typer.Option(..., help="Why, for the next operator."),
+) -> None:
+    """Stop sending to a recipient."""
+    from ..domain.model import Suppression
+
+    _setup(quiet=True)
+    svc = bootstrap.services()
+    added = svc.suppressions.add(Suppression(channel=channel, address=recipient, reason=f"Operator: {reason}", created_at=svc.clock.now()))
+    console.print("added" if added else "already on the list")
+
+
+@suppressions_cli.command("remove")
+def suppressions_remove(channel: Channel, recipient: str) -> None:
+    """Allow sending to a recipient again."""
+    _setup(quiet=True)
+    removed = bootstrap.services().suppressions.remove(channel, recipient)
+    console.print("removed" if removed else "not on the list")
+    if not removed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

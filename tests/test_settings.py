@@ -1,0 +1,45 @@
+"""A missing or invalid setting stops start-up with a message that names it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import SettingsError, load_settings
+from tests.conftest import ROOT, SETTINGS
+
+
+def settings_with(**changes):
+    values = {**SETTINGS, **changes}
+    return load_settings(**{k: v for k, v in values.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"EMAIL_SENDERS": ""}, "EMAIL_SENDERS"),
+        ({"ACS_ENDPOINT": None}, "ACS_ENDPOINT"),
+        ({"MAX_SEND_ATTEMPTS": "0"}, "MAX_SEND_ATTEMPTS"),
+        ({"RETRY_BASE_SECONDS": "10", "RETRY_MAX_SECONDS": "5"}, "RETRY_MAX_SECONDS"),
+        ({"NOTIFY_DEV_KEYS": "admin=secret"}, "NOTIFY_DEV_KEYS"),
+        ({"NOTIFY_ENVIRONMENT": "azure"}, "NOTIFY_DEV_KEYS"),
+        ({"EMAIL_WARMUP_START": "2026-11-01"}, "EMAIL_WARMUP_HOURLY"),
+        ({"EMAIL_WARMUP_START": "soon", "EMAIL_WARMUP_HOURLY": "50,100"}, "EMAIL_WARMUP_START"),
+        ({"EMAIL_RATE_PER_MINUTE": "-1"}, "EMAIL_RATE_PER_MINUTE"),
+    ],
+)
+def test_an_invalid_setting_is_refused_by_name(changes, named):
+    with pytest.raises(SettingsError) as raised:
+        settings_with(**changes)
+    assert named in str(raised.value)
+
+
+def test_the_api_process_does_not_start_with_an_invalid_setting():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACS_", "NOTIFY_", "EMAIL_", "SMS_"))}
+    env |= {**SETTINGS, "EMAIL_SENDERS": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "shared", "api", "--port", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "EMAIL_SENDERS" in result.stdout + result.stderr
