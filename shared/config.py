@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     email_warmup_start: str | None = Field(None, alias="EMAIL_WARMUP_START")
     email_warmup_hourly: str | None = Field(None, alias="EMAIL_WARMUP_HOURLY")
 
+    # ACS throttles senders whose email failure rate passes 1-2 %: warn before it does.
+    failure_rate_warning: float = Field(0.01, alias="FAILURE_RATE_WARNING", gt=0, lt=1)
+    failure_rate_critical: float = Field(0.02, alias="FAILURE_RATE_CRITICAL", gt=0, lt=1)
+    failure_rate_window_minutes: int = Field(60, alias="FAILURE_RATE_WINDOW_MINUTES", ge=1)
+    # Below this many sends in the window a rate is noise (one bounce in ten is not a trend).
+    failure_rate_min_sent: int = Field(50, alias="FAILURE_RATE_MIN_SENT", ge=1)
+    retention_days: int = Field(90, alias="RETENTION_DAYS", ge=1)
+
     dispatch_concurrency: int = Field(8, alias="DISPATCH_CONCURRENCY", ge=1, le=256)
     queue_lock_seconds: int = Field(60, alias="QUEUE_LOCK_SECONDS", ge=5, le=300)
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
@@ -76,6 +84,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.failure_rate_critical < self.failure_rate_warning:
+            raise ValueError("FAILURE_RATE_CRITICAL must not be below FAILURE_RATE_WARNING")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("RETRY_MAX_SECONDS must not be below RETRY_BASE_SECONDS")
         if self.environment == "azure" and self.dev_keys:

@@ -31,6 +31,7 @@ class FakeLedger:
     def __init__(self) -> None:
         self.rows: dict[str, Notification] = {}
         self.parked: dict[str, DeliveryReport] = {}
+        self.parked_at: dict[str, datetime] = {}
 
     def _copy(self, n: Notification) -> Notification:
         return n.model_copy(deep=True)
@@ -76,13 +77,16 @@ class FakeLedger:
 
     def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
         for report in reports:
-            self.parked.setdefault(report.event_id, report)
+            if report.event_id not in self.parked:
+                self.parked[report.event_id] = report
+                self.parked_at[report.event_id] = datetime.now(timezone.utc)
 
     def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
         wanted = set(message_ids)
         taken = [r for r in self.parked.values() if r.message_id in wanted]
         for report in taken:
             del self.parked[report.event_id]
+            del self.parked_at[report.event_id]
         return taken
 
     def parked_reports(self, limit: int) -> list[DeliveryReport]:
@@ -107,6 +111,14 @@ class FakeLedger:
     def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
         found = [self._copy(n) for n in self.rows.values() if n.queued_at is None and n.created_at <= accepted_before]
         return found[:limit]
+
+    def purge(self, *, accepted_before: datetime, limit: int) -> int:
+        old = sorted((n for n in self.rows.values() if n.created_at < accepted_before), key=lambda n: n.created_at)[:limit]
+        for n in old:
+            del self.rows[n.id]
+        for event_id in [e for e, at in self.parked_at.items() if at < accepted_before]:
+            del self.parked[event_id], self.parked_at[event_id]
+        return len(old)
 
 
 class FakePublisher:

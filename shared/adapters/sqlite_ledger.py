@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS message_ids (
     message_id TEXT PRIMARY KEY,
     notification_id TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS message_ids_owner ON message_ids (notification_id);
 CREATE TABLE IF NOT EXISTS parked_reports (
     event_id TEXT PRIMARY KEY,
     message_id TEXT NOT NULL,
@@ -255,6 +256,19 @@ class SqliteLedger:
             (_ts(accepted_before), limit),
         )
         return [self._load(doc, version) for doc, version in rows]
+
+    def purge(self, *, accepted_before: datetime, limit: int) -> int:
+        cutoff = _ts(accepted_before)
+        with self._transaction() as db:
+            ids = [row[0] for row in db.execute(
+                "SELECT id FROM notifications WHERE created_at < ? ORDER BY created_at LIMIT ?", (cutoff, limit)
+            )]
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM message_ids WHERE notification_id IN ({marks})", chunk)
+                db.execute(f"DELETE FROM notifications WHERE id IN ({marks})", chunk)
+            db.execute("DELETE FROM parked_reports WHERE parked_at < ?", (cutoff,))
+        return len(ids)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

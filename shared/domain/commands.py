@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .model import Channel, DeliveryReport, Recipient
+from .model import Channel, DeliveryReport, InboundSms, Recipient
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,25 @@ class ApplyDeliveryReports:
 
 
 @dataclass(frozen=True)
+class ApplyInboundSms:
+    messages: list[InboundSms]
+
+
+@dataclass(frozen=True)
+class FailureRateThresholds:
+    warning: float
+    critical: float
+    #: The rate is measured over notifications accepted since this long ago.
+    window_minutes: int
+    min_sent: int
+
+
+@dataclass(frozen=True)
 class Reconcile:
     #: Recipients sent before this moment with no report become ``unconfirmed``.
     report_deadline: datetime
     #: Notifications accepted before this moment and never queued are queued again.
     requeue_before: datetime
+    thresholds: FailureRateThresholds | None = None
+    #: Ledger records accepted before this moment are deleted.
+    purge_before: datetime | None = None

@@ -149,7 +149,11 @@ SUPPRESSING_STATUSES = frozenset({RecipientStatus.BOUNCED, RecipientStatus.SUPPR
 
 
 class DeliveryReport(BaseModel):
-    """One recipient's delivery report, as read from an ACS Event Grid event."""
+    """One recipient's delivery report, as read from an ACS Event Grid event.
+
+    ``kind="engagement"`` is an email open or click: ``status`` holds the engagement type and
+    ``detail`` its context (the clicked link). It goes into the history and never changes a status.
+    """
 
     event_id: str
     channel: Channel
@@ -158,6 +162,39 @@ class DeliveryReport(BaseModel):
     status: str
     detail: str | None = None
     occurred_at: datetime | None = None
+    kind: Literal["delivery", "engagement"] = "delivery"
+
+
+class InboundSms(BaseModel):
+    """An SMS a recipient sent to one of our numbers (ACS ``SMSReceived``)."""
+
+    event_id: str
+    sender: str
+    to: str
+    message: str
+    received_at: datetime | None = None
+
+    @property
+    def keyword(self) -> Literal["stop", "start"] | None:
+        """The opt-out or opt-in keyword the message is, if it is one (carriers' standard set)."""
+        word = " ".join(self.message.upper().replace(".", " ").replace("!", " ").split())
+        if word in OPT_OUT_KEYWORDS:
+            return "stop"
+        if word in OPT_IN_KEYWORDS:
+            return "start"
+        return None
+
+
+OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "OPT OUT", "REVOKE"})
+OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP", "OPTIN", "OPT IN", "SUBSCRIBE"})
+#: Suppressions that an SMS START may lift: only the recipient's own opt-out, never an operator's entry.
+OPT_OUT_REASON = "OptedOut"
+
+
+def e164(number: str) -> str:
+    """ACS writes inbound numbers with or without the leading +; recipients are stored with it."""
+    number = number.strip()
+    return number if number.startswith("+") else f"+{number}"
 
 
 class Notification(BaseModel):
@@ -329,6 +366,14 @@ class Notification(BaseModel):
         if report.event_id in self.applied_event_ids:
             return False
         self.applied_event_ids.append(report.event_id)
+        if report.kind == "engagement":
+            detail = {"type": report.status.lower(), "eventId": report.event_id}
+            if report.detail:
+                detail["context"] = report.detail[:500]
+            if report.occurred_at:
+                detail["occurredAt"] = report.occurred_at.isoformat()
+            self._record(at, "engagement", recipient=report.recipient, detail=detail)
+            return True
         claimed = recipient_status_for_report(report.status)
         targets = [
             r

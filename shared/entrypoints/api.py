@@ -16,10 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import bootstrap
-from ..domain.commands import ApplyDeliveryReports
 from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
+from . import triggers
 from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
 from .eventgrid import read_events
 from .problems import problem
@@ -221,29 +221,12 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         svc = get_services()
         payload = await _json_body(request, max(svc.settings.max_request_bytes, 1024 * 1024))
         items = payload if isinstance(payload, list) else [payload]
-        parsed = read_events(items, trusted_source=svc.settings.acs_resource_id)
-        if parsed.validation_code is not None:
-            return JSONResponse({"validationResponse": parsed.validation_code})
-        applied = await run_in_threadpool(
-            handlers.apply_delivery_reports,
-            ApplyDeliveryReports(parsed.reports),
-            ledger=svc.ledger,
-            suppressions=svc.suppressions,
-            clock=svc.clock,
-        )
-        if parsed.foreign:
-            log.warning("rejected %d events from an untrusted source", parsed.foreign)
-        return JSONResponse(
-            {
-                "received": len(items),
-                "applied": applied.applied,
-                "duplicates": applied.duplicates,
-                "parked": applied.parked,
-                "rejected": parsed.foreign,
-                "malformed": parsed.malformed,
-                "ignored": parsed.ignored,
-            }
-        )
+        # The validation handshake must be answered before anything is applied.
+        validation = read_events(items[:1], trusted_source=svc.settings.acs_resource_id).validation_code
+        if validation is not None:
+            return JSONResponse({"validationResponse": validation})
+        applied = await run_in_threadpool(triggers.apply_events, items, svc)
+        return JSONResponse(applied.summary(len(items)))
 
     @api.get("/api/reconciliation", tags=["operations"])
     def reconciliation(

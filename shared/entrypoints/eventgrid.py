@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from ..domain.model import Channel, DeliveryReport
+from ..domain.model import Channel, DeliveryReport, InboundSms, e164
 
 EMAIL_DELIVERY = "microsoft.communication.emaildeliveryreportreceived"
 SMS_DELIVERY = "microsoft.communication.smsdeliveryreportreceived"
+EMAIL_ENGAGEMENT = "microsoft.communication.emailengagementtrackingreportreceived"
+SMS_RECEIVED = "microsoft.communication.smsreceived"
 VALIDATION = "microsoft.eventgrid.subscriptionvalidationevent"
 
 
@@ -51,6 +53,7 @@ def _time(value: Any) -> datetime | None:
 @dataclass
 class ParsedEvents:
     reports: list[DeliveryReport] = field(default_factory=list)
+    inbound: list[InboundSms] = field(default_factory=list)
     validation_code: str | None = None
     foreign: int = 0
     malformed: int = 0
@@ -79,13 +82,42 @@ def read_event(event: Any, *, trusted_source: str, parsed: ParsedEvents) -> None
     if not isinstance(source, str) or not _same_resource(source, trusted_source):
         parsed.foreign += 1
         return
-    if event_type not in (EMAIL_DELIVERY, SMS_DELIVERY):
+    if event_type not in (EMAIL_DELIVERY, SMS_DELIVERY, EMAIL_ENGAGEMENT, SMS_RECEIVED):
         parsed.ignored += 1
         return
     event_id = field_of(event, "id")
+    if event_type == SMS_RECEIVED:
+        sender, to, text = field_of(data, "from"), field_of(data, "to"), field_of(data, "message")
+        if not all(isinstance(v, str) and v for v in (event_id, sender, to)) or not isinstance(text, str):
+            parsed.malformed += 1
+            return
+        parsed.inbound.append(
+            InboundSms(event_id=event_id, sender=e164(sender), to=e164(to), message=text,
+                       received_at=_time(field_of(data, "receivedTimestamp", "receivedTimeStamp")))
+        )
+        return
     message_id = field_of(data, "messageId")
     if not isinstance(event_id, str) or not isinstance(message_id, str) or not message_id:
         parsed.malformed += 1
+        return
+    if event_type == EMAIL_ENGAGEMENT:
+        engagement = field_of(data, "engagementType")
+        if not isinstance(engagement, str) or not engagement:
+            parsed.malformed += 1
+            return
+        context = field_of(data, "engagementContext")
+        parsed.reports.append(
+            DeliveryReport(
+                event_id=event_id,
+                channel=Channel.EMAIL,
+                message_id=message_id,
+                recipient=field_of(data, "recipient"),
+                status=engagement,
+                detail=context if isinstance(context, str) else None,
+                occurred_at=_time(field_of(data, "userActionTimestamp", "userActionTimeStamp")),
+                kind="engagement",
+            )
+        )
         return
     if event_type == EMAIL_DELIVERY:
         status = field_of(data, "status")

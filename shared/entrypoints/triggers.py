@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from .. import bootstrap
-from ..domain.commands import ApplyDeliveryReports, DispatchNotification, Reconcile
+from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, FailureRateThresholds, Reconcile
 from ..service import handlers
 from .eventgrid import ParsedEvents, read_events
 
@@ -43,23 +44,53 @@ def dispatch_queue_message(body: bytes | str) -> handlers.DispatchOutcome:
     )
 
 
-def apply_events(events: Iterable[Any]) -> tuple[ParsedEvents, handlers.ReportsApplied]:
-    svc = bootstrap.services()
+@dataclass(frozen=True)
+class EventsApplied:
+    parsed: ParsedEvents
+    reports: handlers.ReportsApplied
+    inbound: handlers.InboundApplied
+
+    def summary(self, received: int) -> dict[str, int]:
+        return {
+            "received": received,
+            "applied": self.reports.applied,
+            "duplicates": self.reports.duplicates,
+            "parked": self.reports.parked,
+            "optedOut": self.inbound.opted_out,
+            "optedIn": self.inbound.opted_in,
+            "rejected": self.parsed.foreign,
+            "malformed": self.parsed.malformed,
+            "ignored": self.parsed.ignored,
+        }
+
+
+def apply_events(events: list[Any], svc: bootstrap.Services | None = None) -> EventsApplied:
+    """ACS events from either entrypoint (the Event Grid trigger or the webhook), in either schema."""
+    svc = svc or bootstrap.services()
     parsed = read_events(events, trusted_source=svc.settings.acs_resource_id)
-    if parsed.foreign:
-        log.warning("rejected %d events from an untrusted source", parsed.foreign)
-    applied = handlers.apply_delivery_reports(
+    if parsed.foreign or parsed.malformed:
+        log.warning("events refused: %d from an untrusted source, %d malformed", parsed.foreign, parsed.malformed)
+    reports = handlers.apply_delivery_reports(
         ApplyDeliveryReports(parsed.reports), ledger=svc.ledger, suppressions=svc.suppressions, clock=svc.clock
     )
-    return parsed, applied
+    inbound = handlers.apply_inbound_sms(ApplyInboundSms(parsed.inbound), suppressions=svc.suppressions, clock=svc.clock)
+    return EventsApplied(parsed, reports, inbound)
 
 
 def run_reconciliation() -> handlers.Reconciled:
     svc = bootstrap.services()
     now = svc.clock.now()
+    s = svc.settings
     cmd = Reconcile(
-        report_deadline=now - timedelta(seconds=svc.settings.delivery_report_deadline_seconds),
+        report_deadline=now - timedelta(seconds=s.delivery_report_deadline_seconds),
         requeue_before=now - REQUEUE_AFTER,
+        thresholds=FailureRateThresholds(
+            warning=s.failure_rate_warning,
+            critical=s.failure_rate_critical,
+            window_minutes=s.failure_rate_window_minutes,
+            min_sent=s.failure_rate_min_sent,
+        ),
+        purge_before=now - timedelta(days=s.retention_days),
     )
     return handlers.reconcile(
         cmd, ledger=svc.ledger, publisher=svc.publisher, suppressions=svc.suppressions, clock=svc.clock

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, TypeVar
 
-from ..domain.commands import ApplyDeliveryReports, DispatchNotification, Reconcile, SubmitNotification
+from ..domain.commands import (
+    ApplyDeliveryReports,
+    ApplyInboundSms,
+    DispatchNotification,
+    FailureRateThresholds,
+    Reconcile,
+    SubmitNotification,
+)
 from ..domain.errors import (
     ConcurrencyConflict,
     IdempotencyConflict,
@@ -16,6 +23,7 @@ from ..domain.errors import (
     SendError,
 )
 from ..domain.model import (
+    OPT_OUT_REASON,
     Channel,
     DeliveryReport,
     Notification,
@@ -375,6 +383,44 @@ def apply_delivery_reports(
     return summary
 
 
+@dataclass
+class InboundApplied:
+    opted_out: int = 0
+    opted_in: int = 0
+    other: int = 0
+
+
+def apply_inbound_sms(cmd: ApplyInboundSms, *, suppressions: SuppressionList, clock: Clock) -> InboundApplied:
+    """STOP-family keywords put the sender's number on the SMS suppression list; START-family ones
+    lift the sender's own opt-out (never an operator's entry).
+
+    Event Grid may deliver a STOP and a START out of order. A START lifts only an opt-out older than
+    itself; a STOP that arrives late re-adds the number, which errs on the side of not messaging.
+    """
+    summary = InboundApplied()
+    for message in cmd.messages:
+        when = message.received_at or clock.now()
+        if message.keyword == "stop":
+            added = suppressions.add(
+                Suppression(
+                    channel=Channel.SMS,
+                    address=message.sender,
+                    reason=f"{OPT_OUT_REASON}: replied {message.message.strip().upper()[:20]} to {message.to}",
+                    created_at=when,
+                )
+            )
+            summary.opted_out += added
+        elif message.keyword == "start":
+            entry = suppressions.find(Channel.SMS, [message.sender]).get(message.sender)
+            if entry and entry.reason.startswith(OPT_OUT_REASON) and entry.created_at <= when:
+                summary.opted_in += suppressions.remove(Channel.SMS, message.sender)
+        else:
+            summary.other += 1
+    if summary.opted_out or summary.opted_in:
+        log.info("inbound SMS: %d opted out, %d opted back in", summary.opted_out, summary.opted_in)
+    return summary
+
+
 def _apply_parked_reports(notification_id: str, ledger: Ledger, suppressions: SuppressionList, clock: Clock) -> None:
     notification = ledger.get(notification_id)
     if notification is None:
@@ -387,11 +433,21 @@ def _apply_parked_reports(notification_id: str, ledger: Ledger, suppressions: Su
 # ------------------------------------------------------------------------------ reconciliation
 
 
+@dataclass(frozen=True)
+class FailureRateAlert:
+    channel: Channel
+    level: str
+    rate: float
+    sent: int
+
+
 @dataclass
 class Reconciled:
     unconfirmed: int = 0
     requeued: int = 0
     parked_applied: int = 0
+    purged: int = 0
+    alerts: list[FailureRateAlert] = field(default_factory=list)
 
 
 def reconcile(
@@ -423,12 +479,40 @@ def reconcile(
             summary.parked_applied = apply_delivery_reports(
                 ApplyDeliveryReports(reports), ledger=ledger, suppressions=suppressions, clock=clock
             ).applied
-    if summary.unconfirmed or summary.requeued or summary.parked_applied:
+    if cmd.thresholds is not None:
+        summary.alerts = _failure_rate_alerts(ledger, cmd.thresholds, clock.now())
+    if cmd.purge_before is not None:
+        summary.purged = ledger.purge(accepted_before=cmd.purge_before, limit=batch * 10)
+    if summary.unconfirmed or summary.requeued or summary.parked_applied or summary.purged:
         log.info(
-            "reconciled: %d unconfirmed, %d requeued, %d parked reports applied",
-            summary.unconfirmed, summary.requeued, summary.parked_applied,
+            "reconciled: %d unconfirmed, %d requeued, %d parked reports applied, %d purged",
+            summary.unconfirmed, summary.requeued, summary.parked_applied, summary.purged,
         )
     return summary
+
+
+def _failure_rate_alerts(ledger: Ledger, thresholds: FailureRateThresholds, now: datetime) -> list[FailureRateAlert]:
+    """A structured warning per channel whose failure rate is over a threshold, every run while it
+    stays there (the alert rule in Azure Monitor dedupes)."""
+    start = now - timedelta(minutes=thresholds.window_minutes)
+    report = reconciliation_report(ledger=ledger, start=start, end=now, channel=None)
+    alerts = []
+    for name, figures in report["channels"].items():
+        sent, rate = figures["sent"], figures["failureRate"]
+        if sent < thresholds.min_sent:
+            continue
+        level = "critical" if rate >= thresholds.critical else "warning" if rate >= thresholds.warning else None
+        if level is None:
+            continue
+        alert = FailureRateAlert(Channel(name), level, rate, sent)
+        alerts.append(alert)
+        log.log(
+            logging.ERROR if level == "critical" else logging.WARNING,
+            "failure rate %s on %s: %.2f%% of %d sent in the last %d min",
+            level, name, rate * 100, sent, thresholds.window_minutes,
+            extra={"event": "notify.failure_rate", "channel": name, "level": level, "failureRate": rate, "sent": sent},
+        )
+    return alerts
 
 
 # ------------------------------------------------------------------------------ queries

@@ -66,6 +66,10 @@ class Ledger(Protocol):
     def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
         """Notifications accepted before the cutoff that were never marked queued."""
 
+    def purge(self, *, accepted_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` notifications accepted before the cutoff (oldest first), with
+        their message ids, and parked reports older than it; returns how many notifications."""
+
 
 # ---------------------------------------------------------------------------- suppressions
 

@@ -158,3 +158,20 @@ def test_throttling_and_server_errors_are_retried_until_every_notification_is_de
     assert sorted(m["id"] for m in sent) == sorted(ids)
     retried = [stack.get(nid) for nid in ids]
     assert any(n["attempts"] > 1 for n in retried), "with 30% faults some sends must have been retried"
+
+
+def test_an_sms_stop_reply_opts_the_number_out_of_later_notifications(stack):
+    number = "+14255557777"
+    stop = {
+        "id": f"Incoming_{uuid.uuid4()}", "topic": stack.environment()["ACS_RESOURCE_ID"], "subject": "/phonenumber/18005550100",
+        "eventType": "Microsoft.Communication.SMSReceived", "eventTime": "2026-11-22T00:00:00Z", "dataVersion": "1.0",
+        "data": {"MessageId": "Incoming_1", "From": number.lstrip("+"), "To": "18005550100", "Message": "STOP",
+                 "ReceivedTimestamp": "2026-11-22T00:00:00Z", "SegmentCount": 1},
+    }
+    assert httpx.post(f"{stack.api}/api/events", json=[stop], headers=EVENTGRID).json()["optedOut"] == 1
+
+    accepted = stack.send({"channel": "sms", "to": [number], "message": "Your code is 1"})
+    notification = stack.wait_for_status(accepted.json()["id"], "suppressed")
+
+    assert notification["recipients"][0]["reason"].startswith("OnSuppressionList: OptedOut")
+    assert number not in str(stack.emulator_messages("sms"))

@@ -596,3 +596,26 @@ def test_the_sqlite_ledger_is_usable_from_several_threads_at_once(tmp_path):
         assert len(ledger.unqueued(accepted_before=at(per_thread), limit=1000)) == threads * (per_thread - 5)
     finally:
         ledger.close()
+
+
+# ----------------------------------------------------------------------------------- purge
+
+
+def test_purge_deletes_only_notifications_accepted_before_the_cutoff_oldest_first(ledger):
+    old = [ledger.add(email(created=at(-60 * 24 * i))) for i in (3, 2)]
+    recent = ledger.add(email(created=at(0)))
+
+    assert ledger.purge(accepted_before=at(-60), limit=1) == 1
+    assert ledger.get(old[0].id) is None and ledger.get(old[1].id) is not None
+    assert ledger.purge(accepted_before=at(-60), limit=10) == 1
+    assert ledger.get(recent.id) is not None
+    assert ledger.purge(accepted_before=at(-60), limit=10) == 0
+
+
+def test_a_purged_notification_is_no_longer_found_by_its_message_ids(ledger):
+    old = ledger.add(email(created=at(-600)))
+    ledger.save(sent(old, at(-599)))
+
+    ledger.purge(accepted_before=at(0), limit=10)
+
+    assert ledger.find_by_message_ids([f"{old.id}-email"]) == {}
