@@ -52,8 +52,11 @@ class Services:
 
     @property
     def send_lease(self) -> timedelta:
-        # Longer than the slowest ACS call, so a lease never runs out under a live send.
-        return timedelta(seconds=2 * self.settings.acs_timeout_seconds + 5)
+        # Longer than the slowest attempt, so a lease never runs out under a live send: an email
+        # attempt may make two ACS calls (look up, then send), each up to connect + read timeout.
+        options = self._acs_client_options()
+        per_call = options["connection_timeout"] + options["read_timeout"]
+        return timedelta(seconds=2 * per_call + 10)
 
     @cached_property
     def queue(self):

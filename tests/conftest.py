@@ -11,7 +11,7 @@ from shared.service.retry import RetryPolicy
 ROOT = Path(__file__).resolve().parents[1]
 
 SETTINGS = dict(
-    NOTIFY_DEV_KEYS="sender=test-sender,operator=test-operator,eventgrid=test-eventgrid",
+    NOTIFY_DEV_KEYS="sender=test-sender,sender=other-app,operator=test-operator,eventgrid=test-eventgrid",
     ACS_ENDPOINT="http://127.0.0.1:1",
     ACS_ACCESS_KEY="dGVzdA==",
     ACS_RESOURCE_ID="/subscriptions/0/resourceGroups/t/providers/Microsoft.Communication/communicationServices/acs-test",

@@ -75,28 +75,35 @@ class FakeLedger:
                     found[message_id] = copy_
         return found
 
-    def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
+    def park_reports(self, reports: Iterable[DeliveryReport], at: datetime) -> None:
         for report in reports:
             if report.event_id not in self.parked:
                 self.parked[report.event_id] = report
-                self.parked_at[report.event_id] = datetime.now(timezone.utc)
+                self.parked_at[report.event_id] = at
 
-    def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+    def parked_reports_for(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
         wanted = set(message_ids)
-        taken = [r for r in self.parked.values() if r.message_id in wanted]
-        for report in taken:
-            del self.parked[report.event_id]
-            del self.parked_at[report.event_id]
-        return taken
+        return sorted((r for r in self.parked.values() if r.message_id in wanted), key=lambda r: self.parked_at[r.event_id])
 
-    def parked_reports(self, limit: int) -> list[DeliveryReport]:
-        return list(self.parked.values())[:limit]
+    def claimable_parked_reports(self, limit: int) -> list[DeliveryReport]:
+        owned = set().union(*(n.message_ids for n in self.rows.values())) if self.rows else set()
+        return self.parked_reports_for(owned)[:limit]
+
+    def discard_parked_reports(self, event_ids: Iterable[str]) -> None:
+        for event_id in set(event_ids):
+            if self.parked.pop(event_id, None) is not None:
+                del self.parked_at[event_id]
+
+    def expire_parked_reports(self, parked_before: datetime) -> int:
+        old = [e for e, at in self.parked_at.items() if at < parked_before]
+        self.discard_parked_reports(old)
+        return len(old)
 
     def status_counts(self, *, start: datetime, end: datetime, channel: Channel | None = None):
-        counts: dict[tuple[Channel, NotificationStatus], int] = {}
+        counts: dict[tuple[Channel, NotificationStatus, bool], int] = {}
         for n in self.rows.values():
             if start <= n.created_at < end and (channel is None or n.channel is channel):
-                key = (n.channel, n.status)
+                key = (n.channel, n.status, n.reached_acs)
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -143,6 +150,7 @@ class FakeEmailSender:
     sent: list[OutgoingEmail] = field(default_factory=list)
     operations: set[str] = field(default_factory=set)
     lookups: list[str] = field(default_factory=list)
+    lookup_failures: list[SendError] = field(default_factory=list)
     lose_response: SendError | None = None
 
     def send(self, email: OutgoingEmail) -> str:
@@ -157,6 +165,8 @@ class FakeEmailSender:
 
     def find_operation(self, operation_id: str) -> str | None:
         self.lookups.append(operation_id)
+        if self.lookup_failures:
+            raise self.lookup_failures.pop(0)
         return operation_id if operation_id in self.operations else None
 
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..domain.errors import LockLost
 from ..service.ports import Clock, DeadLetteredMessage, OutgoingMessage, ReceivedMessage
 from .clock import SystemClock
+from .sqlite_file import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -116,51 +114,20 @@ class EmbeddedQueue:
         self.lock_duration = lock_duration
         self.duplicate_detection_window = duplicate_detection_window
         self._clock: Clock = clock or SystemClock()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = SqliteFile(self.path, rows_as_mappings=True)
         self._conn().executescript(_SCHEMA)
 
     # ------------------------------------------------------------------ connections
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        # A connection inherited through fork() must not be used by the child.
-        if conn is None or self._local.pid != os.getpid():
-            # Autocommit (isolation_level=None): transactions are opened explicitly, and only
-            # where a statement alone is not atomic enough.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            # busy_timeout first, so that switching to WAL waits for a concurrent opener.
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
+        return self._file.connection()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front: two receivers cannot both read the same
-        # message as visible and then both lock it.
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _transaction(self):
+        return self._file.transaction()
 
     def close(self) -> None:
         """Close every connection this object opened (in this process)."""
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        self._file.close()
 
     def __enter__(self) -> EmbeddedQueue:
         return self

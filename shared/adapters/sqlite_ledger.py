@@ -8,13 +8,13 @@ acceptance time, whatever the size of the history.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..domain.errors import ConcurrencyConflict
 from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from .sqlite_file import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
@@ -25,12 +25,14 @@ CREATE TABLE IF NOT EXISTS notifications (
     updated_at REAL NOT NULL,
     idempotency_key TEXT UNIQUE,
     queued INTEGER NOT NULL DEFAULT 0,
+    reached_acs INTEGER NOT NULL DEFAULT 0,
     -- earliest send time among recipients still waiting for a report; NULL when none wait
     awaiting_since REAL,
     version INTEGER NOT NULL,
     doc TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS notifications_window ON notifications (created_at, channel, status);
+-- Covers the reconciliation query, so a window reads only its own index entries.
+CREATE INDEX IF NOT EXISTS notifications_window_v2 ON notifications (created_at, channel, status, reached_acs);
 CREATE INDEX IF NOT EXISTS notifications_awaiting ON notifications (awaiting_since)
     WHERE awaiting_since IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_unqueued ON notifications (created_at) WHERE queued = 0;
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS parked_reports (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS parked_reports_message ON parked_reports (message_id);
+CREATE INDEX IF NOT EXISTS parked_reports_age ON parked_reports (parked_at);
 """
 
 
@@ -60,39 +63,19 @@ def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
 
 class SqliteLedger:
     def __init__(self, path: str | Path) -> None:
-        self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        # Not inside _transaction(): executescript() COMMITs any open transaction before it runs,
-        # so the wrapper's own COMMIT would fail. Every statement is IF NOT EXISTS.
-        self._connection().executescript(_SCHEMA)
-
-    # ------------------------------------------------------------------ connection
+        self._file = SqliteFile(path)
+        db = self._connection()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(notifications)")}
+        if columns and "reached_acs" not in columns:
+            # A data directory from before the column existed (the local stack keeps .data/).
+            db.execute("ALTER TABLE notifications ADD COLUMN reached_acs INTEGER NOT NULL DEFAULT 0")
+        db.executescript(_SCHEMA + "DROP INDEX IF EXISTS notifications_window;")
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode loses at most the last transactions on power loss, never corrupts;
-            # the trade is worth it for intake latency on the local stack.
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
+        return self._file.connection()
 
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def _transaction(self) -> SqliteLedger._Tx:
-        return self._Tx(self._connection())
+    def _transaction(self):
+        return self._file.transaction()
 
     # ------------------------------------------------------------------ rows
 
@@ -107,6 +90,7 @@ class SqliteLedger:
             "updated_at": _ts(n.updated_at),
             "idempotency_key": n.idempotency_key,
             "queued": 1 if n.queued_at else 0,
+            "reached_acs": 1 if n.reached_acs else 0,
             "awaiting_since": _ts(min(waiting)) if waiting else None,
             "doc": n.model_dump_json(exclude={"version"}),
         }
@@ -132,8 +116,8 @@ class SqliteLedger:
             with self._transaction() as db:
                 db.execute(
                     "INSERT INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
-                    " queued, awaiting_since, version, doc) VALUES (:id, :channel, :status, :created_at,"
-                    " :updated_at, :idempotency_key, :queued, :awaiting_since, 1, :doc)",
+                    " queued, reached_acs, awaiting_since, version, doc) VALUES (:id, :channel, :status, :created_at,"
+                    " :updated_at, :idempotency_key, :queued, :reached_acs, :awaiting_since, 1, :doc)",
                     row,
                 )
                 self._index_message_ids(db, notification)
@@ -170,7 +154,7 @@ class SqliteLedger:
                 row = self._columns(n) | {"version": n.version}
                 cursor = db.execute(
                     "UPDATE notifications SET status = :status, updated_at = :updated_at, queued = :queued,"
-                    " awaiting_since = :awaiting_since, version = version + 1, doc = :doc"
+                    " reached_acs = :reached_acs, awaiting_since = :awaiting_since, version = version + 1, doc = :doc"
                     " WHERE id = :id AND version = :version",
                     row,
                 )
@@ -203,43 +187,51 @@ class SqliteLedger:
                 loaded[nid] = self._load(doc, version)
         return {mid: loaded[nid] for mid, nid in owners.items() if nid in loaded}
 
-    def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
-        now = datetime.now(timezone.utc).timestamp()
+    def park_reports(self, reports: Iterable[DeliveryReport], at: datetime) -> None:
         with self._transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO parked_reports (event_id, message_id, parked_at, doc) VALUES (?, ?, ?, ?)",
-                [(r.event_id, r.message_id, now, r.model_dump_json()) for r in reports],
+                [(r.event_id, r.message_id, _ts(at), r.model_dump_json()) for r in reports],
             )
 
-    def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+    def parked_reports_for(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
         wanted = sorted(set(message_ids))
-        taken: list[DeliveryReport] = []
-        with self._transaction() as db:
-            for chunk in _chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"SELECT event_id, doc FROM parked_reports WHERE message_id IN ({marks})", chunk
-                ).fetchall()
-                if rows:
-                    db.executemany("DELETE FROM parked_reports WHERE event_id = ?", [(r[0],) for r in rows])
-                    taken.extend(DeliveryReport.model_validate_json(r[1]) for r in rows)
-        return taken
+        found: list[DeliveryReport] = []
+        db = self._connection()
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT doc FROM parked_reports WHERE message_id IN ({marks}) ORDER BY parked_at", chunk)
+            found.extend(DeliveryReport.model_validate_json(doc) for (doc,) in rows)
+        return found
 
-    def parked_reports(self, limit: int) -> list[DeliveryReport]:
-        rows = self._connection().execute("SELECT doc FROM parked_reports ORDER BY parked_at LIMIT ?", (limit,))
+    def claimable_parked_reports(self, limit: int) -> list[DeliveryReport]:
+        rows = self._connection().execute(
+            "SELECT p.doc FROM parked_reports p JOIN message_ids m ON m.message_id = p.message_id"
+            " ORDER BY p.parked_at LIMIT ?",
+            (limit,),
+        )
         return [DeliveryReport.model_validate_json(doc) for (doc,) in rows]
+
+    def discard_parked_reports(self, event_ids: Iterable[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM parked_reports WHERE event_id = ?", [(e,) for e in set(event_ids)])
+
+    def expire_parked_reports(self, parked_before: datetime) -> int:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM parked_reports WHERE parked_at < ?", (_ts(parked_before),)).rowcount
 
     def status_counts(
         self, *, start: datetime, end: datetime, channel: Channel | None = None
     ) -> dict[tuple[Channel, NotificationStatus], int]:
-        sql = "SELECT channel, status, COUNT(*) FROM notifications WHERE created_at >= ? AND created_at < ?"
+        sql = "SELECT channel, status, reached_acs, COUNT(*) FROM notifications WHERE created_at >= ? AND created_at < ?"
         args: list = [_ts(start), _ts(end)]
         if channel is not None:
             sql += " AND channel = ?"
             args.append(channel.value)
-        sql += " GROUP BY channel, status"
+        sql += " GROUP BY channel, status, reached_acs"
         return {
-            (Channel(ch), NotificationStatus(st)): count for ch, st, count in self._connection().execute(sql, args)
+            (Channel(ch), NotificationStatus(st), bool(acs)): count
+            for ch, st, acs, count in self._connection().execute(sql, args)
         }
 
     def awaiting_reports(self, *, sent_before: datetime, limit: int) -> list[Notification]:
@@ -271,7 +263,4 @@ class SqliteLedger:
         return len(ids)
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._file.close()

@@ -9,10 +9,10 @@ the decision itself is ``SendQuota.blocked_until``, the same pure code the fake 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .sqlite_file import SqliteFile
 from ..service.quota import SendQuota
 
 _SCHEMA = """
@@ -37,20 +37,12 @@ class SqliteRateLimiter:
     limit at the time, is always granted and records nothing."""
 
     def __init__(self, path: str | Path, quotas: dict[str, SendQuota]) -> None:
-        self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = SqliteFile(path)
         self._quotas = dict(quotas)
-        self._local = threading.local()
         self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
+        return self._file.connection()
 
     def acquire(self, key: str, units: int, now: datetime) -> datetime | None:
         quota = self._quotas.get(key)
@@ -77,7 +69,4 @@ class SqliteRateLimiter:
         return retry_at
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._file.close()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
 from ..domain.model import Channel, Suppression
+from .sqlite_file import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
@@ -26,19 +26,11 @@ CREATE INDEX IF NOT EXISTS suppressions_created ON suppressions (created_at);
 
 class SqliteSuppressionList:
     def __init__(self, path: str | Path) -> None:
-        self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._file = SqliteFile(path)
         self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
+        return self._file.connection()
 
     @staticmethod
     def _entry(row: tuple) -> Suppression:

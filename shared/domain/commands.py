@@ -16,6 +16,7 @@ class SubmitNotification:
     recipients: list[Recipient]
     content: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
     #: Already scoped to the caller, so two apps' keys never collide.
     idempotency_key: str | None = None
     request_hash: str | None = None

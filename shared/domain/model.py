@@ -15,7 +15,6 @@ however often, each recipient ends on the highest-ranked status any report claim
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -44,7 +43,6 @@ class RecipientStatus(StrEnum):
 
 
 RANK: dict[RecipientStatus, int] = {status: rank for rank, status in enumerate(RecipientStatus)}
-FINAL_STATUSES = frozenset(s for s in RecipientStatus if RANK[s] >= RANK[RecipientStatus.DELIVERED])
 
 
 class NotificationStatus(StrEnum):
@@ -204,6 +202,8 @@ class Notification(BaseModel):
     recipients: list[Recipient]
     content: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: The caller that submitted it; senders see only their own notifications.
+    owner: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
     created_at: datetime
@@ -239,6 +239,7 @@ class Notification(BaseModel):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         notification_id: str | None = None,
+        owner: str | None = None,
     ) -> Notification:
         notification = cls(
             id=notification_id or str(uuid.uuid4()),
@@ -247,6 +248,7 @@ class Notification(BaseModel):
             recipients=recipients,
             content=content,
             metadata=metadata,
+            owner=owner,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             created_at=at,
@@ -275,6 +277,12 @@ class Notification(BaseModel):
         return [r for r in self.recipients if r.status is RecipientStatus.PENDING]
 
     @property
+    def reached_acs(self) -> bool:
+        """Whether ACS was handed this notification for at least one recipient. One suppressed by
+        our own list before sending never was, and must not count in ACS's failure rate."""
+        return any(r.message_id for r in self.recipients)
+
+    @property
     def message_ids(self) -> set[str]:
         return {r.message_id for r in self.recipients if r.message_id}
 
@@ -296,6 +304,21 @@ class Notification(BaseModel):
     def is_being_sent(self, at: datetime) -> bool:
         return self.sending_until is not None and self.sending_until > at
 
+    def dispatch_verdict(self, attempt: int, at: datetime) -> Literal["send", "wait", "done", "stale"]:
+        """What a queue message asking for ``attempt`` may do now.
+
+        Exactly one chain of messages drives a notification: the message for the next attempt
+        (``attempts + 1``), or the message of an attempt that started and never concluded (its
+        worker died; its lease tells when it is safe to take over). Any other message is a stale
+        duplicate, and acting on it would start a second chain that ignores the backoff.
+        """
+        if not self.needs_sending:
+            return "done"
+        unfinished = self.sending_until is not None
+        if attempt == self.attempts + 1 or (attempt == self.attempts and unfinished):
+            return "wait" if self.is_being_sent(at) else "send"
+        return "stale"
+
     def start_attempt(self, at: datetime, *, lease_until: datetime) -> int:
         self.sending_until = lease_until
         self.check_before_send = self.outcome_unknown
@@ -306,9 +329,13 @@ class Notification(BaseModel):
         self._record(at, "send_attempt", detail={"attempt": self.attempts})
         return self.attempts
 
-    def record_attempt_failed(self, at: datetime, error: SendError, *, retry_in: float | None) -> None:
+    def record_attempt_failed(
+        self, at: datetime, error: SendError, *, retry_in: float | None, outcome_unknown: bool
+    ) -> None:
+        """``outcome_unknown``: whether ACS may hold a send from this or an earlier attempt that
+        nobody has confirmed; it stays set until a lookup or a success settles it."""
         self.sending_until = None
-        self.outcome_unknown = bool(getattr(error, "ambiguous", False))
+        self.outcome_unknown = outcome_unknown
         detail: dict[str, Any] = {"attempt": self.attempts, "reason": error.reason, "error": error.describe()}
         if retry_in is not None:
             detail["retryInSeconds"] = round(retry_in, 3)
@@ -410,7 +437,3 @@ class Notification(BaseModel):
     def _record(self, at: datetime, event: str, *, recipient: str | None = None, detail: dict | None = None) -> None:
         self.updated_at = at
         self.history.append(HistoryEntry(at=at, event=event, recipient=recipient, detail=detail or {}))
-
-
-def request_fingerprint(canonical_json: str) -> str:
-    return hashlib.sha256(canonical_json.encode("utf-8")).hexdigest()

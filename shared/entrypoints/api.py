@@ -199,9 +199,10 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
 
     @api.get("/api/notifications/{notification_id}", tags=["notifications"])
     def get_notification(notification_id: str, request: Request) -> dict[str, Any]:
-        caller(request, "sender", "operator")
+        principal = caller(request, "sender", "operator")
         notification = get_services().ledger.get(notification_id)
-        if notification is None:
+        # Another sender's notification is "not found", not "forbidden": its existence is theirs.
+        if notification is None or ("operator" not in principal.roles and notification.owner != principal.id):
             raise NotificationNotFound(notification_id)
         return notification_view(notification)
 

@@ -7,6 +7,7 @@ is its own authenticator behind the same ``authenticate`` call.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -41,7 +42,10 @@ def authenticate(authorization: str | None, settings: Settings) -> Principal:
     for key, role in settings.parsed_dev_keys().items():
         # Constant-time comparison: the key is a secret even on a laptop.
         if hmac.compare_digest(key.encode(), token.encode()):
-            return Principal(id=f"dev-{role}", roles=frozenset({role}))
+            # One identity per key, so two apps never share idempotency keys or each other's
+            # notifications; the id names the key without revealing it.
+            fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
+            return Principal(id=f"dev-{role}-{fingerprint}", roles=frozenset({role}))
     raise Unauthenticated("The token is not valid.")
 
 

@@ -211,6 +211,7 @@ def parse_notification_request(
         recipients=recipients,
         content=content,
         metadata=request.metadata,
+        owner=caller,
         idempotency_key=f"{caller}:{idempotency_key}" if idempotency_key else None,
         request_hash=request_hash(body),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, TypeVar
@@ -21,10 +22,13 @@ from ..domain.errors import (
     NotificationNotFound,
     PermanentSendError,
     SendError,
+    SendTimeout,
+    TransientSendError,
 )
 from ..domain.model import (
     OPT_OUT_REASON,
     Channel,
+    e164,
     DeliveryReport,
     Notification,
     NotificationStatus,
@@ -49,20 +53,24 @@ from .retry import GiveUp, RetryPolicy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How long a dispatcher may hold a notification before another may try: longer than an ACS call
-#: can take (bootstrap derives it from ACS_TIMEOUT_SECONDS).
-SEND_LEASE = timedelta(seconds=90)
 
 
-def dispatch_message(notification_id: str, attempt: int, *, scheduled_at: datetime | None = None) -> OutgoingMessage:
+def dispatch_message(
+    notification_id: str, attempt: int, *, scheduled_at: datetime | None = None, waiting_for: str | None = None
+) -> OutgoingMessage:
     """The queue message that asks the dispatcher to make ``attempt`` on a notification.
 
-    The message id names the attempt, so Service Bus duplicate detection drops a second copy of
-    the same attempt while a scheduled retry (a new attempt) always gets through.
+    A plain attempt message's id names the attempt, so Service Bus duplicate detection drops a
+    second copy of it. A message that only waits (for a lease to run out, for quota) carries the
+    same attempt but an id of its own: two waits must never collide, or the second is dropped and
+    the notification stranded.
     """
+    message_id = f"{notification_id}:{attempt}"
+    if waiting_for:
+        message_id += f":{waiting_for}:{uuid.uuid4().hex[:12]}"
     return OutgoingMessage(
         body={"notificationId": notification_id, "attempt": attempt},
-        message_id=f"{notification_id}:{attempt}",
+        message_id=message_id,
         application_properties={"notificationId": notification_id, "attempt": attempt},
         scheduled_at=scheduled_at,
     )
@@ -101,6 +109,7 @@ def submit_notification(
         at=now,
         idempotency_key=cmd.idempotency_key,
         request_hash=cmd.request_hash,
+        owner=cmd.owner,
     )
     stored = ledger.add(candidate)
     created = stored.id == candidate.id
@@ -149,61 +158,60 @@ def dispatch(
     rate_limiter: RateLimiter,
     policy: RetryPolicy,
     clock: Clock,
-    lease: timedelta = SEND_LEASE,
+    lease: timedelta,
 ) -> DispatchOutcome:
-    """Make one send attempt. Safe to run for the same notification any number of times, from
-    any number of workers: the ledger decides whether a send may happen at all."""
+    """Make one send attempt. Safe to run for any message, any number of times, from any number of
+    workers: the ledger decides whether this message may send at all (``dispatch_verdict``)."""
     nid = cmd.notification_id
     current = ledger.get(nid)
     if current is None:
         return DeadLettered("NotificationNotFound", f"No notification {nid} in the ledger.")
+    verdict = current.dispatch_verdict(cmd.attempt, clock.now())
+    if verdict in ("done", "stale"):
+        log.info("notification %s: message for attempt %d ignored (%s)", nid, cmd.attempt, verdict)
+        return Completed(verdict)
+    if verdict == "wait":
+        return _wait_for_lease(current, cmd.attempt, publisher, clock)
+
     listed = suppressions.find(current.channel, [r.address for r in current.pending_recipients()])
-    deferred = _over_quota(current, listed, rate_limiter, publisher, policy, clock, cmd.attempt)
+    deferred = _over_quota(current, listed, cmd.attempt, rate_limiter, publisher, policy, clock)
     if deferred is not None:
         return deferred
 
-    def claim(n: Notification) -> tuple[str, datetime | None] | None:
+    def claim(n: Notification) -> str:
         now = clock.now()
+        found = n.dispatch_verdict(cmd.attempt, now)
+        if found != "send":
+            return found
         for address, entry in listed.items():
             n.record_recipient_suppressed(now, address, f"OnSuppressionList: {entry.reason}")
         if not n.needs_sending:
-            return ("nothing left to send", None)
-        if n.is_being_sent(now):
-            return ("another dispatcher holds it", n.sending_until)
+            return "done"
         n.start_attempt(now, lease_until=now + lease)
-        return None
+        return "send"
 
-    notification, skip = _modify(ledger, nid, claim)
-    if skip:
-        reason, busy_until = skip
-        if busy_until is None:
-            log.info("notification %s: message ignored, %s", nid, reason)
-            return Completed(reason)
-        # The holder may have died mid-send; look again once its lease runs out rather than
-        # dropping this message, which may be the only one left.
-        publisher.send(
-            OutgoingMessage(
-                body={"notificationId": nid, "attempt": cmd.attempt},
-                message_id=f"{nid}:{notification.attempts}:after-lease",
-                application_properties={"notificationId": nid, "attempt": cmd.attempt},
-                scheduled_at=busy_until + timedelta(seconds=1),
-            )
-        )
-        delay = (busy_until - clock.now()).total_seconds() + 1
-        return Rescheduled(delay, reason)
+    notification, verdict = _modify(ledger, nid, claim)
+    if verdict == "wait":
+        return _wait_for_lease(notification, cmd.attempt, publisher, clock)
+    if verdict != "send":
+        return Completed(verdict)
 
     attempt = notification.attempts
     try:
         if notification.channel is Channel.EMAIL:
-            error = _send_email(notification, email_sender, ledger, clock)
+            _send_email(notification, email_sender, ledger, clock)
         else:
-            error = _send_sms(notification, sms_sender, ledger, clock)
+            _send_sms(notification, sms_sender, ledger, clock)
+        error = None
     except SendError as exc:
         error = exc
     if error is None:
         _apply_parked_reports(notification.id, ledger, suppressions, clock)
         return Completed(f"sent on attempt {attempt}")
 
+    # Still unknown if this error leaves it open, or if an earlier unknown was not looked up.
+    unknown = error.ambiguous if isinstance(error, TransientSendError) else False
+    unknown = unknown or notification.check_before_send
     decision = policy.decide(attempt, error)
     if isinstance(decision, GiveUp):
         _modify(ledger, nid, lambda n: n.mark_dead_lettered(clock.now(), decision.reason, decision.description))
@@ -212,20 +220,34 @@ def dispatch(
 
     # Enqueue the next attempt before recording this failure: a crash in between leaves a retry
     # that finds the lease expired, never a notification that nobody will send.
-    publisher.send(dispatch_message(nid, attempt + 1, scheduled_at=clock.now() + timedelta(seconds=decision.delay_seconds)))
-    _modify(ledger, nid, lambda n: n.record_attempt_failed(clock.now(), error, retry_in=decision.delay_seconds))
+    retry_at = clock.now() + timedelta(seconds=decision.delay_seconds)
+    publisher.send(dispatch_message(nid, attempt + 1, scheduled_at=retry_at))
+    _modify(
+        ledger,
+        nid,
+        lambda n: n.record_attempt_failed(clock.now(), error, retry_in=decision.delay_seconds, outcome_unknown=unknown),
+    )
     log.info("notification %s attempt %d failed (%s), retry in %.1fs", nid, attempt, error.reason, decision.delay_seconds)
     return Rescheduled(decision.delay_seconds, error.describe())
+
+
+def _wait_for_lease(n: Notification, attempt: int, publisher: MessagePublisher, clock: Clock) -> Rescheduled:
+    """Another dispatcher holds the notification, or died holding it: look again when its lease
+    runs out rather than drop this message, which may be the only one left."""
+    assert n.sending_until is not None
+    wake = n.sending_until + timedelta(seconds=1)
+    publisher.send(dispatch_message(n.id, attempt, scheduled_at=wake, waiting_for="lease"))
+    return Rescheduled((wake - clock.now()).total_seconds(), "another dispatcher holds it")
 
 
 def _over_quota(
     n: Notification,
     listed: dict,
+    attempt: int,
     rate_limiter: RateLimiter,
     publisher: MessagePublisher,
     policy: RetryPolicy,
     clock: Clock,
-    attempt: int,
 ) -> Rescheduled | None:
     """Take quota for the send about to happen, or defer the notification until there is some.
 
@@ -233,8 +255,6 @@ def _over_quota(
     the rare loser of a claim race wastes one unit rather than a send.
     """
     now = clock.now()
-    if not n.needs_sending or n.is_being_sent(now):
-        return None
     recipients = [r for r in n.pending_recipients() if r.address not in listed]
     units = len(recipients) if n.channel is Channel.SMS else min(len(recipients), 1)
     if units == 0:
@@ -244,36 +264,34 @@ def _over_quota(
         return None
     # Spread a deferred burst over a second or two rather than waking it all at once.
     wake = retry_at + timedelta(seconds=policy.uniform(0.0, 2.0))
-    publisher.send(
-        OutgoingMessage(
-            body={"notificationId": n.id, "attempt": attempt},
-            message_id=f"{n.id}:{n.attempts + 1}:quota:{int(retry_at.timestamp())}",
-            application_properties={"notificationId": n.id, "attempt": attempt},
-            scheduled_at=wake,
-        )
-    )
+    publisher.send(dispatch_message(n.id, attempt, scheduled_at=wake, waiting_for="quota"))
     log.info("notification %s deferred by the %s quota until %s", n.id, n.channel.value, wake.isoformat())
     return Rescheduled((wake - now).total_seconds(), f"{n.channel.value} quota reached")
 
 
-def _pending_addresses(notification: Notification) -> tuple[list[EmailAddress], list[EmailAddress], list[EmailAddress]]:
+def _pending_addresses(n: Notification) -> tuple[list[EmailAddress], list[EmailAddress], list[EmailAddress]]:
     kinds: dict[str, list[EmailAddress]] = {"to": [], "cc": [], "bcc": []}
-    for r in notification.pending_recipients():
+    for r in n.pending_recipients():
         kinds[r.kind].append(EmailAddress(r.address, r.display_name))
     to, cc, bcc = kinds["to"], kinds["cc"], kinds["bcc"]
-    # ACS needs at least one "to"; when every "to" is suppressed, the copies still go out.
-    if not to:
+    # ACS needs at least one "to". When every "to" is suppressed, copies still go out: cc
+    # recipients see each other anyway, but blind copies must stay blind, so they go to the
+    # sender as "to", as mail clients do for undisclosed recipients.
+    if not to and cc:
         to, cc = cc, []
     if not to:
-        to, bcc = bcc, []
+        to = [EmailAddress(n.sender)]
     return to, cc, bcc
 
 
-def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger, clock: Clock) -> SendError | None:
+def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger, clock: Clock) -> None:
     operation_id = notification.email_operation_id
-    # An earlier attempt may have reached ACS before it failed or the worker died: ask ACS first,
+    message_id = None
+    # An earlier attempt may have reached ACS before it failed or its worker died: ask ACS first,
     # because nothing documents that ACS drops a repeated Operation-Id.
-    message_id = sender.find_operation(operation_id) if notification.check_before_send else None
+    if notification.check_before_send:
+        message_id = sender.find_operation(operation_id)
+        notification.check_before_send = False  # settled, whatever the send below does
     if message_id is None:
         content = notification.content
         to, cc, bcc = _pending_addresses(notification)
@@ -296,10 +314,9 @@ def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger,
         n.record_all_sent(clock.now(), message_id)
 
     _modify(ledger, notification.id, sent)
-    return None
 
 
-def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clock: Clock) -> SendError | None:
+def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clock: Clock) -> None:
     first_sent = notification.first_attempt_at
     assert first_sent is not None  # set by start_attempt before any send
     pending = notification.pending_recipients()
@@ -313,25 +330,29 @@ def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clo
             tag=notification.id,
         )
     )
+    by_number = {e164(result.to): result for result in results if result.to}
     retryable: list[SendError] = []
 
     def record(n: Notification) -> None:
         retryable.clear()
         now = clock.now()
         n.finish_attempt()
-        for result in results:
-            if result.error is None and result.message_id:
-                n.record_sent(now, result.to, result.message_id)
-            elif isinstance(result.error, PermanentSendError):
-                n.record_recipient_refused(now, result.to, result.error)
-            elif isinstance(result.error, SendError):
+        for recipient in n.pending_recipients():
+            result = by_number.get(recipient.address)
+            if result is not None and result.error is None and result.message_id:
+                n.record_sent(now, recipient.address, result.message_id)
+            elif result is not None and isinstance(result.error, PermanentSendError):
+                n.record_recipient_refused(now, recipient.address, result.error)
+            elif result is not None and isinstance(result.error, SendError):
                 retryable.append(result.error)
+            else:
+                # ACS answered without a usable result for this recipient; the repeatability id
+                # makes asking again safe.
+                retryable.append(SendTimeout("ACS returned no result for a recipient"))
 
     _modify(ledger, notification.id, record)
-    return retryable[0] if retryable else None
-
-
-# ------------------------------------------------------------------------------ delivery reports
+    if retryable:
+        raise retryable[0]
 
 
 @dataclass
@@ -352,7 +373,7 @@ def apply_delivery_reports(
     orphans = [r for r in cmd.reports if r.message_id not in owners]
     if orphans:
         # A report can overtake the dispatcher's "sent" write; keep it until the id is known.
-        ledger.park_reports(orphans)
+        ledger.park_reports(orphans, clock.now())
         summary.parked = len(orphans)
     touched: dict[str, Notification] = {}
     per_notification: dict[str, list[DeliveryReport]] = {}
@@ -425,12 +446,14 @@ def _apply_parked_reports(notification_id: str, ledger: Ledger, suppressions: Su
     notification = ledger.get(notification_id)
     if notification is None:
         return
-    parked = ledger.take_parked_reports(notification.message_ids)
+    parked = ledger.parked_reports_for(notification.message_ids)
     if parked:
         apply_delivery_reports(ApplyDeliveryReports(parked), ledger=ledger, suppressions=suppressions, clock=clock)
+        ledger.discard_parked_reports(r.event_id for r in parked)
 
 
-# ------------------------------------------------------------------------------ reconciliation
+#: A parked report nobody claims within this long belongs to another sender on the same ACS resource.
+PARKED_REPORT_TTL = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -471,14 +494,15 @@ def reconcile(
         _modify(ledger, notification.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
         summary.requeued += 1
 
-    parked = ledger.parked_reports(limit=batch)
+    # Reports that were parked while their send was being recorded (the dispatcher looked before
+    # they arrived): apply, then discard.
+    parked = ledger.claimable_parked_reports(limit=batch)
     if parked:
-        known = ledger.find_by_message_ids(r.message_id for r in parked)
-        if known:
-            reports = ledger.take_parked_reports(known)
-            summary.parked_applied = apply_delivery_reports(
-                ApplyDeliveryReports(reports), ledger=ledger, suppressions=suppressions, clock=clock
-            ).applied
+        summary.parked_applied = apply_delivery_reports(
+            ApplyDeliveryReports(parked), ledger=ledger, suppressions=suppressions, clock=clock
+        ).applied
+        ledger.discard_parked_reports(r.event_id for r in parked)
+    ledger.expire_parked_reports(clock.now() - PARKED_REPORT_TTL)
     if cmd.thresholds is not None:
         summary.alerts = _failure_rate_alerts(ledger, cmd.thresholds, clock.now())
     if cmd.purge_before is not None:
@@ -531,18 +555,24 @@ SENT_OR_LATER = (
 def reconciliation_report(*, ledger: Ledger, start: datetime, end: datetime, channel: Channel | None) -> dict:
     """Counts by status for notifications accepted in [start, end), per channel and in total.
 
-    ``sent`` counts everything that reached ACS (whatever happened after); the failure rate is
-    bounced + failed + suppressed over sent, the figure ACS judges senders by.
+    ``sent`` counts what reached ACS (whatever happened after); the failure rate is bounced +
+    failed + suppressed over sent, the figure ACS judges senders by. Notifications suppressed by
+    our own list before sending count in ``suppressed`` (and ``suppressedBeforeSending``) but
+    neither as sent nor as failures: ACS never saw them.
     """
     counts = ledger.status_counts(start=start, end=end, channel=channel)
     channels = [channel] if channel else list(Channel)
 
     def summarise(selected: list[Channel]) -> dict:
-        def total(*statuses: NotificationStatus) -> int:
-            return sum(counts.get((c, s), 0) for c in selected for s in statuses)
+        def total(*statuses: NotificationStatus, reached: bool | None = None) -> int:
+            return sum(
+                count
+                for (c, s, acs), count in counts.items()
+                if c in selected and s in statuses and (reached is None or acs is reached)
+            )
 
-        sent = total(*SENT_OR_LATER)
-        failed_like = total(NotificationStatus.BOUNCED, NotificationStatus.FAILED, NotificationStatus.SUPPRESSED)
+        sent = total(*SENT_OR_LATER, reached=True)
+        failed_like = total(NotificationStatus.BOUNCED, NotificationStatus.FAILED, NotificationStatus.SUPPRESSED, reached=True)
         return {
             "accepted": total(*NotificationStatus),
             "pending": total(NotificationStatus.ACCEPTED),
@@ -551,6 +581,7 @@ def reconciliation_report(*, ledger: Ledger, start: datetime, end: datetime, cha
             "delivered": total(NotificationStatus.DELIVERED),
             "bounced": total(NotificationStatus.BOUNCED),
             "suppressed": total(NotificationStatus.SUPPRESSED),
+            "suppressedBeforeSending": total(NotificationStatus.SUPPRESSED, reached=False),
             "failed": total(NotificationStatus.FAILED),
             "unconfirmed": total(NotificationStatus.UNCONFIRMED),
             "deadLettered": total(NotificationStatus.DEAD_LETTERED),

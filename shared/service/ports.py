@@ -46,19 +46,30 @@ class Ledger(Protocol):
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         """Notifications that own the given ACS message ids, keyed by message id."""
 
-    def park_reports(self, reports: Iterable[DeliveryReport]) -> None:
-        """Keep reports whose message id no notification owns yet (they can beat the dispatcher)."""
+    def park_reports(self, reports: Iterable[DeliveryReport], at: datetime) -> None:
+        """Keep reports whose message id no notification owns yet (they can beat the dispatcher).
+        Parking the same event twice keeps one."""
 
-    def take_parked_reports(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
-        """Remove and return parked reports for these message ids."""
+    def parked_reports_for(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+        """Parked reports for these message ids, left in place until discarded."""
 
-    def parked_reports(self, limit: int) -> list[DeliveryReport]:
-        """Parked reports, oldest first, left where they are."""
+    def claimable_parked_reports(self, limit: int) -> list[DeliveryReport]:
+        """Parked reports whose message id a notification now owns, oldest first. Reports for
+        other senders' messages (the system topic covers the whole ACS resource) never crowd
+        these out."""
+
+    def discard_parked_reports(self, event_ids: Iterable[str]) -> None:
+        """Remove parked reports once they have been applied (applying is idempotent by event id,
+        so a crash before this call only applies them again)."""
+
+    def expire_parked_reports(self, parked_before: datetime) -> int:
+        """Remove parked reports older than the cutoff that nobody claimed; returns how many."""
 
     def status_counts(
         self, *, start: datetime, end: datetime, channel: Channel | None = None
-    ) -> dict[tuple[Channel, NotificationStatus], int]:
-        """Notifications accepted in [start, end), counted by channel and status."""
+    ) -> dict[tuple[Channel, NotificationStatus, bool], int]:
+        """Notifications accepted in [start, end), counted by channel, status and whether they
+        reached ACS (``Notification.reached_acs``)."""
 
     def awaiting_reports(self, *, sent_before: datetime, limit: int) -> list[Notification]:
         """Notifications with a recipient still ``sent`` whose send is older than ``sent_before``."""

@@ -357,44 +357,45 @@ def test_more_than_a_thousand_message_ids_are_found_in_one_call(ledger):
 # ---------------------------------------------------------------------------- parked reports
 
 
-def test_parked_reports_are_taken_once_for_their_message_id_and_are_gone_after(ledger):
+def test_parked_reports_stay_until_discarded_and_are_found_by_message_id(ledger):
     early = [report("m-1", event_id="e-1"), report("m-1", event_id="e-2", status="Bounced")]
     other = report("m-2", event_id="e-3")
-    ledger.park_reports(early + [other])
+    ledger.park_reports(early + [other], at(0))
 
-    taken = ledger.take_parked_reports(["m-1"])
-
-    assert sorted(taken, key=lambda r: r.event_id) == early
-    assert ledger.take_parked_reports(["m-1"]) == []
-    assert ledger.parked_reports(limit=10) == [other]
-    assert ledger.take_parked_reports(iter(["m-2", "m-unknown"])) == [other]
-    assert ledger.parked_reports(limit=10) == []
+    assert ledger.parked_reports_for(["m-1"]) == early
+    assert ledger.parked_reports_for(["m-1"]) == early  # reading removes nothing
+    ledger.discard_parked_reports(["e-1", "e-2"])
+    assert ledger.parked_reports_for(["m-1"]) == []
+    assert ledger.parked_reports_for(iter(["m-2", "m-unknown"])) == [other]
+    assert ledger.parked_reports_for([]) == []
 
 
 def test_parking_the_same_event_twice_keeps_one(ledger):
-    ledger.park_reports([report("m-1", event_id="e-1")])
-    ledger.park_reports([report("m-1", event_id="e-1"), report("m-1", event_id="e-1")])
+    ledger.park_reports([report("m-1", event_id="e-1")], at(0))
+    ledger.park_reports([report("m-1", event_id="e-1"), report("m-1", event_id="e-1")], at(1))
 
-    assert [r.event_id for r in ledger.parked_reports(limit=10)] == ["e-1"]
-    assert [r.event_id for r in ledger.take_parked_reports(["m-1"])] == ["e-1"]
-
-
-def test_parked_reports_are_listed_oldest_first_up_to_the_limit_without_being_removed(ledger):
-    for n in range(3):
-        ledger.park_reports([report(f"m-{n}", event_id=f"e-{n}")])
-
-    listed = ledger.parked_reports(limit=2)
-
-    assert [r.event_id for r in listed] == ["e-0", "e-1"]
-    assert listed[0] == report("m-0", event_id="e-0")
-    assert [r.event_id for r in ledger.parked_reports(limit=10)] == ["e-0", "e-1", "e-2"]
+    assert [r.event_id for r in ledger.parked_reports_for(["m-1"])] == ["e-1"]
 
 
-def test_taking_parked_reports_for_no_message_ids_takes_nothing(ledger):
-    ledger.park_reports([report("m-1", event_id="e-1")])
+def test_only_parked_reports_for_message_ids_the_ledger_owns_are_claimable_oldest_first(ledger):
+    mine = ledger.add(email())
+    ledger.save(sent(mine, at(1), prefix="mine"))
+    # Reports for other senders' messages on the same ACS resource, parked earlier and in bulk,
+    # must not crowd out the ones the ledger can now apply.
+    ledger.park_reports([report(f"foreign-{i}", event_id=f"f-{i}") for i in range(5)], at(0))
+    ledger.park_reports([report("mine-email", event_id="e-2")], at(3))
+    ledger.park_reports([report("mine-email", event_id="e-1")], at(2))
 
-    assert ledger.take_parked_reports([]) == []
-    assert len(ledger.parked_reports(limit=10)) == 1
+    assert [r.event_id for r in ledger.claimable_parked_reports(limit=1)] == ["e-1"]
+    assert [r.event_id for r in ledger.claimable_parked_reports(limit=10)] == ["e-1", "e-2"]
+
+
+def test_unclaimed_parked_reports_expire(ledger):
+    ledger.park_reports([report("m-old", event_id="e-old")], at(0))
+    ledger.park_reports([report("m-new", event_id="e-new")], at(60))
+
+    assert ledger.expire_parked_reports(at(30)) == 1
+    assert ledger.parked_reports_for(["m-old", "m-new"]) == [report("m-new", event_id="e-new")]
 
 
 # ---------------------------------------------------------------------------- status counts
@@ -416,10 +417,10 @@ def test_status_counts_count_by_channel_and_status_only_inside_the_half_open_win
     counts = ledger.status_counts(start=start, end=end)
 
     assert counts == {
-        (Channel.EMAIL, NotificationStatus.ACCEPTED): 2,
-        (Channel.EMAIL, NotificationStatus.SENT): 1,
-        (Channel.SMS, NotificationStatus.SENT): 1,
-        (Channel.SMS, NotificationStatus.DELIVERED): 1,
+        (Channel.EMAIL, NotificationStatus.ACCEPTED, False): 2,
+        (Channel.EMAIL, NotificationStatus.SENT, True): 1,
+        (Channel.SMS, NotificationStatus.SENT, True): 1,
+        (Channel.SMS, NotificationStatus.DELIVERED, True): 1,
     }
 
 
@@ -429,10 +430,10 @@ def test_status_counts_filter_by_channel(ledger):
     ledger.add(sms(created=at(3)))
 
     assert ledger.status_counts(start=at(0), end=at(10), channel=Channel.SMS) == {
-        (Channel.SMS, NotificationStatus.ACCEPTED): 2
+        (Channel.SMS, NotificationStatus.ACCEPTED, False): 2
     }
     assert ledger.status_counts(start=at(0), end=at(10), channel=Channel.EMAIL) == {
-        (Channel.EMAIL, NotificationStatus.ACCEPTED): 1
+        (Channel.EMAIL, NotificationStatus.ACCEPTED, False): 1
     }
 
 
@@ -446,7 +447,7 @@ def test_status_counts_follow_a_dead_letter(ledger):
     notification.mark_dead_lettered(at(2), "ConfigurationError", "fix the key")
     ledger.save(notification)
 
-    assert ledger.status_counts(start=at(0), end=at(10)) == {(Channel.EMAIL, NotificationStatus.DEAD_LETTERED): 1}
+    assert ledger.status_counts(start=at(0), end=at(10)) == {(Channel.EMAIL, NotificationStatus.DEAD_LETTERED, False): 1}
 
 
 # ---------------------------------------------------------------------------- reconciliation queries
@@ -528,7 +529,7 @@ def test_the_sqlite_ledger_persists_across_instances_on_the_same_file(tmp_path):
     writer = SqliteLedger(path)
     notification = sent(writer.add(email(idempotency_key="persisted")), at(1), prefix="p")
     writer.save(notification)
-    writer.park_reports([report("early", event_id="e-1")])
+    writer.park_reports([report("early", event_id="e-1")], at(0))
     writer.close()
 
     reader = SqliteLedger(path)
@@ -536,7 +537,7 @@ def test_the_sqlite_ledger_persists_across_instances_on_the_same_file(tmp_path):
         assert reader.get(notification.id) == notification
         assert reader.find_by_message_ids(["p-email"])["p-email"].id == notification.id
         assert reader.add(email(idempotency_key="persisted")).id == notification.id
-        assert [r.event_id for r in reader.take_parked_reports(["early"])] == ["e-1"]
+        assert [r.event_id for r in reader.parked_reports_for(["early"])] == ["e-1"]
     finally:
         reader.close()
 
@@ -578,8 +579,6 @@ def test_the_sqlite_ledger_is_usable_from_several_threads_at_once(tmp_path):
                     ledger.save(notification)
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
-        finally:
-            ledger.close()  # this thread's connection
 
     workers = [threading.Thread(target=work, args=(slot,)) for slot in range(threads)]
     for worker in workers:

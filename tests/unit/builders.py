@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from shared.domain.commands import SubmitNotification
 from shared.domain.model import Channel, Recipient
 from shared.service import handlers
@@ -41,6 +43,7 @@ class World:
         self.sms = FakeSmsSender()
         self.suppressions = FakeSuppressionList()
         self.rate_limiter = UnlimitedRateLimiter()
+        self.lease = timedelta(seconds=90)
         # Deterministic jitter: always the top of the range.
         self.policy = RetryPolicy(max_attempts=max_attempts, base_seconds=2, max_seconds=60, uniform=lambda lo, hi: hi)
 
@@ -60,6 +63,7 @@ class World:
             rate_limiter=self.rate_limiter,
             policy=self.policy,
             clock=self.clock,
+            lease=self.lease,
         )
 
     def reports(self, *reports):

@@ -222,3 +222,109 @@ def test_after_a_clean_refusal_the_retry_sends_without_asking_acs_first():
 
     assert world.email.lookups == []  # a 429 means ACS did nothing; asking would spend quota
     assert len(world.email.sent) == 1
+
+
+def test_a_stale_copy_of_an_earlier_attempts_message_sends_nothing_and_starts_no_second_chain():
+    world = World()
+    world.email.failures = [Throttled("slow down", status_code=429, retry_after=300)]
+    n, _ = world.submit(email_command())
+    world.dispatch(n.id, 1)
+    queued = len(world.publisher.sent)
+
+    # A duplicate of attempt 1's message (redelivered, or a leftover lease wait) turns up.
+    outcome = world.dispatch(n.id, 1)
+
+    assert isinstance(outcome, Completed) and outcome.detail == "stale"
+    assert world.email.sent == [] and len(world.publisher.sent) == queued
+    assert world.ledger.get(n.id).attempts == 1
+
+
+def test_the_message_of_an_attempt_whose_worker_died_takes_over_once_its_lease_has_run_out():
+    world = World()
+    n, _ = world.submit(email_command())
+    stored = world.ledger.get(n.id)
+    stored.start_attempt(world.clock.now(), lease_until=world.clock.now() + timedelta(seconds=90))
+    world.ledger.save(stored)  # attempt 1 started; its worker died
+    world.clock.advance(91)
+
+    assert isinstance(world.dispatch(n.id, 1), Completed)  # attempt 1's own message, redelivered
+    assert len(world.email.sent) == 1
+    assert world.ledger.get(n.id).attempts == 2
+
+
+def test_two_waits_for_the_same_notification_never_share_a_message_id():
+    world = World()
+    n, _ = world.submit(email_command())
+    stored = world.ledger.get(n.id)
+    stored.start_attempt(world.clock.now(), lease_until=world.clock.now() + timedelta(seconds=90))
+    world.ledger.save(stored)
+
+    world.dispatch(n.id, 1)
+    world.dispatch(n.id, 1)
+
+    waits = [m.message_id for m in world.publisher.sent if "lease" in m.message_id]
+    assert len(waits) == 2 and len(set(waits)) == 2
+
+
+def test_an_unknown_outcome_stays_unknown_until_a_lookup_settles_it():
+    world = World()
+    world.email.lose_response = SendTimeout("read timed out")  # attempt 1 reached ACS
+    world.email.lookup_failures = [Throttled("slow down", status_code=429)]  # attempt 2 cannot look
+    n, _ = world.submit(email_command())
+
+    for attempt in (1, 2, 3):
+        outcome = world.dispatch(n.id, attempt)
+        if isinstance(outcome, Rescheduled):
+            world.clock.advance(outcome.delay_seconds)
+
+    assert len(world.email.sent) == 1  # attempt 3 looked and found attempt 1's send
+    assert world.email.lookups == [n.id, n.id]
+    assert world.ledger.get(n.id).status is NotificationStatus.SENT
+
+
+def test_blind_copies_stay_blind_when_every_visible_recipient_is_suppressed():
+    from shared.domain.commands import SubmitNotification
+    from shared.domain.model import Recipient, Suppression
+
+    world = World()
+    world.suppressions.add(Suppression(channel=Channel.EMAIL, address="boss@example.com", reason="Bounced", created_at=world.clock.now()))
+    cmd = SubmitNotification(
+        channel=Channel.EMAIL,
+        sender="DoNotReply@notify.example.com",
+        recipients=[Recipient(address="boss@example.com"), Recipient(address="alice@example.com", kind="bcc"),
+                    Recipient(address="bob@example.com", kind="bcc")],
+        content={"subject": "s", "text": "t"},
+    )
+    n, _ = world.submit(cmd)
+
+    world.dispatch(n.id)
+
+    [sent] = world.email.sent
+    assert [a.address for a in sent.to] == ["DoNotReply@notify.example.com"]
+    assert [a.address for a in sent.bcc] == ["alice@example.com", "bob@example.com"]
+
+
+def test_an_sms_result_without_the_plus_still_matches_its_recipient():
+    from shared.service.ports import SmsRecipientResult
+
+    world = World()
+    n, _ = world.submit(sms_command("+14255551234"))
+    world.sms.send = lambda sms: [SmsRecipientResult(to="14255551234", message_id="Outgoing_1")]
+
+    assert isinstance(world.dispatch(n.id), Completed)
+    assert world.ledger.get(n.id).recipients[0].message_id == "Outgoing_1"
+
+
+def test_an_sms_recipient_missing_from_the_acs_results_is_retried_not_stranded():
+    world = World()
+    n, _ = world.submit(sms_command("+14255551234", "+14255559999"))
+    real_send = world.sms.send
+    world.sms.send = lambda sms: real_send(sms)[:1]  # ACS answered for the first recipient only
+
+    outcome = world.dispatch(n.id)
+
+    assert isinstance(outcome, Rescheduled)
+    assert {r.address: r.status for r in world.ledger.get(n.id).recipients} == {
+        "+14255551234": RecipientStatus.SENT,
+        "+14255559999": RecipientStatus.PENDING,
+    }

@@ -198,3 +198,23 @@ def test_the_openapi_document_describes_the_request_body(client):
     spec = client.get("/api/openapi.json").json()
     schema = spec["paths"]["/api/notifications"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {s["title"] for s in schema["oneOf"]} == {"EmailRequest", "SmsRequest"}
+
+
+OTHER_APP = {"Authorization": "Bearer other-app"}
+
+
+def test_two_apps_using_the_same_idempotency_key_each_get_their_own_notification(client, faked_services):
+    mine = post(client, EMAIL, headers=SENDER | {"Idempotency-Key": "order-42"})
+    theirs = post(client, EMAIL | {"subject": "Theirs"}, headers=OTHER_APP | {"Idempotency-Key": "order-42"})
+
+    assert theirs.status_code == 202 and theirs.headers["idempotent-replayed"] == "false"
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert len(faked_services.queue.sent) == 2
+
+
+def test_a_sender_cannot_read_another_apps_notification_but_an_operator_can(client):
+    created = post(client, EMAIL).json()
+
+    assert client.get(created["location"], headers=OTHER_APP).status_code == 404
+    assert client.get(created["location"], headers=SENDER).status_code == 200
+    assert client.get(created["location"], headers=OPERATOR).status_code == 200

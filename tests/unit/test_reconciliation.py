@@ -86,3 +86,40 @@ def test_records_older_than_the_retention_are_purged():
 
     assert summary.purged == 1
     assert world.ledger.get(old.id) is None and world.ledger.get(recent.id) is not None
+
+
+def test_a_parked_report_is_applied_even_behind_hundreds_of_reports_for_other_senders():
+    world = World()
+    n, _ = world.submit(email_command("a@example.com"))
+    world.ledger.park_reports(
+        [DeliveryReport(event_id=f"f{i}", channel=Channel.EMAIL, message_id=f"foreign-{i}", status="Delivered") for i in range(600)],
+        world.clock.now(),
+    )
+    world.dispatch(n.id)
+    # The bounce was parked in the moment between the dispatcher's send and its ledger write.
+    world.ledger.park_reports(
+        [DeliveryReport(event_id="mine", channel=Channel.EMAIL, message_id=n.id, recipient="a@example.com", status="Bounced")],
+        world.clock.now(),
+    )
+
+    assert reconcile(world).parked_applied == 1
+    assert world.ledger.get(n.id).status is NotificationStatus.BOUNCED
+    assert world.suppressions.find(Channel.EMAIL, ["a@example.com"])
+    world.clock.advance(86400 + 1)
+    reconcile(world)
+    assert world.ledger.parked == {}  # the foreign ones expired
+
+
+def test_a_notification_suppressed_before_sending_is_neither_sent_nor_a_failure():
+    from shared.domain.model import Suppression
+
+    world = World()
+    world.suppressions.add(Suppression(channel=Channel.EMAIL, address="gone@example.com", reason="Bounced", created_at=world.clock.now()))
+    n, _ = world.submit(email_command("gone@example.com"))
+    world.dispatch(n.id)
+    world.clock.advance(1)
+
+    report = handlers.reconciliation_report(ledger=world.ledger, start=world.clock.now() - timedelta(hours=1), end=world.clock.now(), channel=None)
+
+    email = report["channels"]["email"]
+    assert (email["accepted"], email["suppressed"], email["suppressedBeforeSending"], email["sent"], email["failureRate"]) == (1, 1, 1, 0, 0.0)
