@@ -64,8 +64,28 @@ Control API (no authentication)
   ``DELETE /emulator/messages`` (clears messages, operations, repeatability ids, pending reports
   and the request log)
 * ``GET|PUT|DELETE /emulator/faults``: ``{"latencyMs", "throttleRate", "retryAfterSeconds",
-  "serverErrorRate"}``; PUT takes a partial body, DELETE resets. Faults apply to the send endpoints
-  and the email operation GET; a faulted request records nothing.
+  "serverErrorRate", "duplicateReportRate", "reportDelayJitterMs", "foreignReportRate"}``; PUT
+  takes a partial body, DELETE resets (all 0, ``retryAfterSeconds`` 1). The first four apply to the
+  send endpoints and the email operation GET; a faulted request records nothing. The report faults
+  apply to the reports of messages accepted while they are set (Event Grid delivers at least once,
+  in any order):
+
+  - ``duplicateReportRate`` (0..1): each report event is posted a second time, with the same event
+    id, in a POST of its own, later than the first (by up to another delay + jitter);
+  - ``reportDelayJitterMs`` (whole number >= 0): each report waits ``report_delay_ms +
+    uniform(0, jitter)``, so reports arrive out of order across messages and recipients (an email
+    operation turns ``Succeeded`` once all its recipients' reports are posted);
+  - ``foreignReportRate`` (0..1): a copy of the report is also posted with another ACS resource's
+    ``topic`` (``acs_emulator.reports.FOREIGN_RESOURCE_ID``) and a new event id, which the
+    receiver must reject.
+
+* ``GET /emulator/stats``: counters since the start or the last ``DELETE /emulator/messages``.
+  ``channels.email`` and ``channels.sms`` each hold ``accepted`` (messages: an email operation, an
+  SMS recipient), ``reports`` (first deliveries posted, by status: the unique reports),
+  ``duplicatesPosted``, ``foreignPosted``, ``pending`` (report events of any kind not yet posted)
+  and ``gaveUp``. ``webhook`` holds ``posts`` (answered 2xx), ``failedAttempts`` and ``responses``:
+  the integer fields of the webhook's JSON answers, summed (for the notification service:
+  ``received``, ``applied``, ``duplicates``, ``parked``, ``rejected``, ``malformed``, ``ignored``).
 * ``GET /emulator/requests``: the ACS calls received (method, path, status, error code), retries
   included.
 """

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -32,7 +34,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthFailure, content_hash, verify_hmac
 from .config import EmulatorConfig
-from .reports import ReportDispatcher, email_delivery_event, sms_delivery_event, sms_segments, utc_now_iso
+from .reports import (
+    DUPLICATE,
+    FOREIGN,
+    ReportDispatcher,
+    email_delivery_event,
+    foreign_copy,
+    sms_delivery_event,
+    sms_segments,
+    utc_now_iso,
+)
 from .state import (
     E164,
     REPORT_DISABLED,
@@ -194,6 +205,34 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     async def _acs_error(_request: Request, exc: AcsError) -> JSONResponse:
         return exc.response()
 
+    # -- delivery reports -------------------------------------------------------------------------
+    def schedule_reports(
+        events: list[dict[str, Any]], on_done: Callable[[list[dict[str, Any]], str], None]
+    ) -> None:
+        """Schedule the reports of one accepted message, applying the report faults.
+
+        Each event gets a delay (the report delay plus jitter); events with the same delay go in one
+        job (so without jitter a message's reports are one batch, as before).
+        ``on_done(events, outcome)`` is called per job; with no events, once after the report delay
+        with ``events == []``. Duplicates and foreign copies are jobs of their own without callback.
+        """
+        if not events:
+            dispatcher.schedule(report_delay_s, [], lambda outcome: on_done([], outcome))
+            return
+        plans = state.plan_reports(len(events), report_delay_s)
+        groups: dict[float, list[dict[str, Any]]] = {}
+        for event, plan in zip(events, plans):
+            groups.setdefault(plan.delay_s, []).append(event)
+        for delay_s, group in groups.items():
+            dispatcher.schedule(delay_s, group, lambda outcome, group=group: on_done(group, outcome))
+        if not config.webhook_url:
+            return  # reports are off: no extra copies either
+        for event, plan in zip(events, plans):
+            if plan.duplicate_delay_s is not None:
+                dispatcher.schedule(plan.duplicate_delay_s, [copy.deepcopy(event)], None, kind=DUPLICATE)
+            if plan.foreign_delay_s is not None:
+                dispatcher.schedule(plan.foreign_delay_s, [foreign_copy(event)], None, kind=FOREIGN)
+
     # -- shared gate for the ACS endpoints ------------------------------------------------------
     async def gate(request: Request, body: bytes) -> None:
         """Latency, authentication and injected faults, in that order. Raises AcsError."""
@@ -341,8 +380,11 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             for address, report in reports.items()
             if report.status is not None
         ]
-        dispatcher.schedule(
-            report_delay_s, events, lambda outcome: state.email_reports_done(operation_id, outcome, record)
+        schedule_reports(
+            events,
+            lambda done, outcome: state.email_reports_done(
+                operation_id, outcome, record, [e["data"]["recipient"] for e in done] if done else None
+            ),
         )
         logger.info("Accepted email operation %s with %d recipient(s)", operation_id, len(recipients))
         return JSONResponse({"id": operation_id, "status": "Running"}, status_code=202, headers=headers)
@@ -462,15 +504,23 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 sent_at=utc_now_iso(),
                 tag=tag,
             )
-            dispatcher.schedule(
-                report_delay_s, [event], lambda result: state.sms_report_done(message_id, result, record)
-            )
+            schedule_reports([event], lambda _done, result: state.sms_report_done(message_id, result, record))
         return item
 
     # -- control surface ------------------------------------------------------------------------
     @app.get("/emulator/health", tags=["emulator"])
     def health() -> dict[str, Any]:
         return {"status": "ok", "pendingReports": dispatcher.pending()}
+
+    @app.get("/emulator/stats", tags=["emulator"])
+    def stats() -> dict[str, Any]:
+        """Per channel: messages accepted, report events posted (first deliveries by status,
+        duplicates, foreign copies), still pending and given up; plus the webhook's answers summed."""
+        out = dispatcher.stats()
+        accepted = state.accepted_counts()
+        for channel, counts in out["channels"].items():
+            out["channels"][channel] = {"accepted": accepted.get(channel, 0), **counts}
+        return out
 
     @app.get("/emulator/messages", tags=["emulator"])
     def list_messages(channel: str | None = None) -> Response:

@@ -7,13 +7,20 @@ headers Event Grid sends on a notification (``aeg-event-type: Notification`` and
 ``Authorization: Bearer <webhook_token>``.
 
 The :class:`ReportDispatcher` keeps due reports in a heap served by one daemon thread. Reports that
-fall due together are sent in one POST (as Event Grid batches). A POST that fails or answers
+fall due together are sent in one POST (as Event Grid batches), except that one POST never carries
+the same event id twice (a duplicate always goes in a POST of its own). A POST that fails or answers
 non-2xx is retried every ``retry_interval_s`` until ``give_up_after_s`` have passed since the
 reports fell due, then dropped with a log line, so reports survive the webhook's app starting late.
+
+Each job has a kind: :data:`FIRST` (the report itself), :data:`DUPLICATE` (a second delivery of
+the same event, as Event Grid's at-least-once delivery makes) or :data:`FOREIGN` (a copy from
+another resource's ``topic``). The dispatcher counts events per channel and kind, and sums the
+numeric fields of the webhook's JSON answers: see :meth:`ReportDispatcher.stats`.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import json
@@ -46,6 +53,13 @@ SMS_STATUS_DETAILS = {
     "Delivered": "No error.",
     "Failed": "Message could not be delivered to the handset (simulated failure).",
 }
+
+
+#: The ``topic`` of foreign report copies: an ACS resource in someone else's subscription.
+FOREIGN_RESOURCE_ID = (
+    "/subscriptions/ffffffff-ffff-ffff-ffff-ffffffffffff/resourceGroups/foreign"
+    "/providers/Microsoft.Communication/communicationServices/foreign"
+)
 
 
 def utc_now_iso() -> str:
@@ -140,9 +154,29 @@ def sms_delivery_event(
     }
 
 
+def foreign_copy(event: dict[str, Any], topic: str = FOREIGN_RESOURCE_ID) -> dict[str, Any]:
+    """The same report as if another ACS resource had published it: other ``topic``, new ``id``."""
+    return {**copy.deepcopy(event), "id": str(uuid.uuid4()), "topic": topic}
+
+
+def event_channel(event: dict[str, Any]) -> str:
+    return "sms" if event.get("eventType") == SMS_DELIVERY_REPORT else "email"
+
+
+def event_status(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    return str(data.get("deliveryStatus") or data.get("status") or "unknown")
+
+
 #: Outcome passed to a job's ``on_done``: the events reached the webhook, or were dropped.
 POSTED = "posted"
 GAVE_UP = "gaveUp"
+
+#: Job kinds: the report's first delivery, a redelivery of it, a copy from a foreign topic.
+FIRST = "first"
+DUPLICATE = "duplicate"
+FOREIGN = "foreign"
+KINDS = (FIRST, DUPLICATE, FOREIGN)
 
 
 @dataclass(order=True)
@@ -154,6 +188,7 @@ class _Job:
     generation: int = field(compare=False)
     deadline: float = field(compare=False)
     attempts: int = field(default=0, compare=False)
+    kind: str = field(default=FIRST, compare=False)
 
 
 class ReportDispatcher:
@@ -182,17 +217,41 @@ class ReportDispatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._in_flight = 0
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        """Zero the statistics (the caller holds ``_cond`` or is the constructor)."""
+        self._posted: dict[tuple[str, str], dict[str, int]] = {}  # (channel, kind) -> status -> events
+        self._event_pending: dict[str, int] = {"email": 0, "sms": 0}
+        self._gave_up: dict[str, int] = {"email": 0, "sms": 0}
+        self._webhook_posts = 0
+        self._webhook_failures = 0
+        self._webhook_totals: dict[str, int] = {}
 
     # -- scheduling -----------------------------------------------------------------------------
-    def schedule(self, delay_s: float, events: list[dict[str, Any]], on_done: Callable[[str], None] | None) -> None:
+    def schedule(
+        self,
+        delay_s: float,
+        events: list[dict[str, Any]],
+        on_done: Callable[[str], None] | None,
+        *,
+        kind: str = FIRST,
+    ) -> None:
         """Post ``events`` after ``delay_s``; call ``on_done(POSTED | GAVE_UP)`` afterwards.
 
         A job without events (or with reports turned off) only waits and then calls
         ``on_done(POSTED)``, which lets the caller move an operation on at the same pace.
+        ``kind`` (:data:`FIRST`, :data:`DUPLICATE`, :data:`FOREIGN`) only matters to :meth:`stats`.
         """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
         due = time.monotonic() + max(delay_s, 0.0)
         with self._cond:
-            job = _Job(due, next(self._seq), list(events), on_done, self._generation, due + self._give_up_after_s)
+            job = _Job(
+                due, next(self._seq), list(events), on_done, self._generation, due + self._give_up_after_s, kind=kind
+            )
+            for event in job.events:
+                self._event_pending[event_channel(event)] += 1
             heapq.heappush(self._heap, job)
             self._ensure_started()
             self._cond.notify()
@@ -203,6 +262,7 @@ class ReportDispatcher:
             dropped = len(self._heap)
             self._heap.clear()
             self._generation += 1
+            self._reset_counters()
             self._cond.notify()
         return dropped
 
@@ -210,6 +270,36 @@ class ReportDispatcher:
         """Jobs waiting or being posted right now."""
         with self._cond:
             return len(self._heap) + self._in_flight
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the start (or the last :meth:`clear`), in events, per channel:
+
+        * ``reports``: first deliveries posted, by status (the unique reports);
+        * ``duplicatesPosted`` / ``foreignPosted``: redeliveries and foreign copies posted;
+        * ``pending``: events of every kind scheduled and not yet posted or dropped;
+        * ``gaveUp``: events dropped after ``give_up_after_s`` of failed POSTs;
+
+        and ``webhook``: 2xx POSTs, failed attempts (error or non-2xx) and ``responses``, the sums
+        of the integer fields of the webhook's JSON object answers.
+        """
+        with self._cond:
+            channels: dict[str, Any] = {}
+            for channel in ("email", "sms"):
+                channels[channel] = {
+                    "reports": dict(sorted(self._posted.get((channel, FIRST), {}).items())),
+                    "duplicatesPosted": sum(self._posted.get((channel, DUPLICATE), {}).values()),
+                    "foreignPosted": sum(self._posted.get((channel, FOREIGN), {}).values()),
+                    "pending": self._event_pending[channel],
+                    "gaveUp": self._gave_up[channel],
+                }
+            return {
+                "channels": channels,
+                "webhook": {
+                    "posts": self._webhook_posts,
+                    "failedAttempts": self._webhook_failures,
+                    "responses": dict(self._webhook_totals),
+                },
+            }
 
     def wait_idle(self, timeout_s: float = 5.0) -> bool:
         end = time.monotonic() + timeout_s
@@ -253,13 +343,19 @@ class ReportDispatcher:
                     continue
                 jobs: list[_Job] = []
                 count = 0
+                ids: set[Any] = set()
                 now = time.monotonic()
                 while self._heap and self._heap[0].due <= now:
-                    if jobs and count + len(self._heap[0].events) > self._max_batch:
+                    head = self._heap[0]
+                    if jobs and count + len(head.events) > self._max_batch:
                         break
+                    head_ids = {event.get("id") for event in head.events}
+                    if ids & head_ids:
+                        break  # a duplicate of an event in this batch: it goes in the next POST
                     job = heapq.heappop(self._heap)
                     jobs.append(job)
                     count += len(job.events)
+                    ids |= head_ids
                 self._in_flight += len(jobs)
                 return jobs
 
@@ -281,17 +377,22 @@ class ReportDispatcher:
     def _deliver(self, client: httpx.Client, jobs: list[_Job]) -> None:
         events = [event for job in jobs for event in job.events]
         ok = True
+        answer: Any = None
         if events and self._url:
             attempt = max(job.attempts for job in jobs) + 1
-            ok = self._post(client, events, attempt)
+            ok, answer = self._post(client, events, attempt)
         elif events:
             logger.debug("Reports are turned off (no webhook_url); %d event(s) not posted", len(events))
         now = time.monotonic()
         finished: list[tuple[_Job, str]] = []
         with self._cond:
+            if events and self._url and any(job.generation == self._generation for job in jobs):
+                self._count_answer(ok, answer)
             for job in jobs:
                 if job.generation != self._generation:
                     continue  # cleared while being posted
+                if ok or now >= job.deadline or self._stopping:
+                    self._count_done(job, (POSTED if self._url else None) if ok else GAVE_UP)
                 if ok:
                     finished.append((job, POSTED))
                 elif now >= job.deadline or self._stopping:
@@ -313,7 +414,30 @@ class ReportDispatcher:
                 except Exception:  # noqa: BLE001 - a callback must not kill the thread
                     logger.exception("Report completion callback failed")
 
-    def _post(self, client: httpx.Client, events: list[dict[str, Any]], attempt: int) -> bool:
+    def _count_done(self, job: _Job, outcome: str | None) -> None:
+        """Count a finished job's events: posted, given up, or (None) dropped as reports are off."""
+        for event in job.events:
+            channel = event_channel(event)
+            self._event_pending[channel] -= 1
+            if outcome == POSTED:
+                by_status = self._posted.setdefault((channel, job.kind), {})
+                status = event_status(event)
+                by_status[status] = by_status.get(status, 0) + 1
+            elif outcome == GAVE_UP:
+                self._gave_up[channel] += 1
+
+    def _count_answer(self, ok: bool, answer: Any) -> None:
+        if not ok:
+            self._webhook_failures += 1
+            return
+        self._webhook_posts += 1
+        if isinstance(answer, dict):
+            for name, value in answer.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    self._webhook_totals[name] = self._webhook_totals.get(name, 0) + value
+
+    def _post(self, client: httpx.Client, events: list[dict[str, Any]], attempt: int) -> tuple[bool, Any]:
+        """POST one batch; returns whether the webhook took it (2xx) and its JSON answer, if any."""
         headers = {
             "Content-Type": "application/json",
             "aeg-event-type": "Notification",
@@ -329,10 +453,14 @@ class ReportDispatcher:
         except httpx.HTTPError as exc:
             if attempt == 1 or attempt % 20 == 0:
                 logger.info("Webhook not reachable (attempt %d, %s); will retry", attempt, type(exc).__name__)
-            return False
+            return False, None
         if 200 <= response.status_code < 300:
             logger.info("Posted %d delivery report(s) to the webhook (attempt %d)", len(events), attempt)
-            return True
+            try:
+                answer = response.json() if response.content else None
+            except ValueError:
+                answer = None
+            return True, answer
         if attempt == 1 or attempt % 20 == 0:
             logger.info("Webhook answered %d (attempt %d); will retry", response.status_code, attempt)
-        return False
+        return False, None

@@ -107,7 +107,12 @@ FAULT_KEYS = {
     "throttleRate": "throttle_rate",
     "retryAfterSeconds": "retry_after_seconds",
     "serverErrorRate": "server_error_rate",
+    "duplicateReportRate": "duplicate_report_rate",
+    "reportDelayJitterMs": "report_delay_jitter_ms",
+    "foreignReportRate": "foreign_report_rate",
 }
+#: Fault keys that are probabilities (0..1); the others are whole numbers >= 0.
+RATE_KEYS = frozenset({"throttleRate", "serverErrorRate", "duplicateReportRate", "foreignReportRate"})
 
 
 @dataclass
@@ -116,6 +121,12 @@ class Faults:
     throttle_rate: float = 0.0
     retry_after_seconds: int = 1
     server_error_rate: float = 0.0
+    #: Probability that a report event is posted a second time (same event id), later, in its own POST.
+    duplicate_report_rate: float = 0.0
+    #: Each report waits ``report_delay_ms + uniform(0, report_delay_jitter_ms)``.
+    report_delay_jitter_ms: int = 0
+    #: Probability that a copy of a report is also posted from a foreign ``topic`` with a new event id.
+    foreign_report_rate: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {wire: getattr(self, attr) for wire, attr in FAULT_KEYS.items()}
@@ -132,7 +143,7 @@ class Faults:
         for wire, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{wire} must be a number")
-            if wire in ("throttleRate", "serverErrorRate"):
+            if wire in RATE_KEYS:
                 if not 0.0 <= value <= 1.0:
                     raise ValueError(f"{wire} must be between 0 and 1")
                 out[FAULT_KEYS[wire]] = float(value)
@@ -141,6 +152,20 @@ class Faults:
                     raise ValueError(f"{wire} must be a whole number >= 0")
                 out[FAULT_KEYS[wire]] = int(value)
         return out
+
+
+#: A duplicate report is posted at least this long after the first delivery is due.
+DUPLICATE_MIN_GAP_S = 0.001
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """Delays (seconds from now) of one report event: its first delivery, and the duplicate and
+    the foreign copy to post too (``None``: none)."""
+
+    delay_s: float
+    duplicate_delay_s: float | None = None
+    foreign_delay_s: float | None = None
 
 
 class EmulatorState:
@@ -172,6 +197,24 @@ class EmulatorState:
             self.faults = Faults()
             return Faults()
 
+    def plan_reports(self, count: int, delay_s: float) -> list[ReportPlan]:
+        """When to post each of ``count`` report events, and which extra copies to post (the report
+        faults). With every report fault at 0 each plan is ``ReportPlan(delay_s)``."""
+        with self.lock:
+            faults = self.faults
+            jitter_s = faults.report_delay_jitter_ms / 1000.0
+            plans = []
+            for _ in range(count):
+                first = delay_s + (self._rng.uniform(0.0, jitter_s) if jitter_s else 0.0)
+                duplicate = foreign = None
+                if faults.duplicate_report_rate > 0 and self._rng.random() < faults.duplicate_report_rate:
+                    # Strictly later than the first delivery, by up to another delay + jitter.
+                    duplicate = first + DUPLICATE_MIN_GAP_S + self._rng.uniform(0.0, delay_s + jitter_s)
+                if faults.foreign_report_rate > 0 and self._rng.random() < faults.foreign_report_rate:
+                    foreign = delay_s + (self._rng.uniform(0.0, jitter_s) if jitter_s else 0.0)
+                plans.append(ReportPlan(first, duplicate, foreign))
+            return plans
+
     def draw_fault(self) -> tuple[str | None, Faults]:
         """Decide whether this request is throttled (``"throttle"``), fails (``"server_error"``) or not."""
         with self.lock:
@@ -197,6 +240,14 @@ class EmulatorState:
         with self.lock:
             record = self._messages.get(message_id)
             return record.to_json() if record else None
+
+    def accepted_counts(self) -> dict[str, int]:
+        """Messages accepted per channel (an email operation is one, an SMS recipient one)."""
+        with self.lock:
+            counts = {"email": 0, "sms": 0}
+            for record in self._messages.values():
+                counts[record.channel] += 1
+            return counts
 
     def clear(self) -> int:
         with self.lock:
@@ -234,15 +285,20 @@ class EmulatorState:
             self._add(record)
             return True, "Running"
 
-    def email_reports_done(self, operation_id: str, outcome: str, record: MessageRecord) -> None:
-        """The report job of an email finished: mark its reports and complete the operation."""
+    def email_reports_done(
+        self, operation_id: str, outcome: str, record: MessageRecord, recipients: list[str] | None = None
+    ) -> None:
+        """A report job of an email finished: mark the reports of ``recipients`` (all pending ones
+        when None) and complete the operation once no report is pending."""
         with self.lock:
             op = self._operations.get(operation_id)
             if op is None or op.record is not record:
                 return  # cleared in the meantime
-            for report in record.reports.values():
-                if report.report == REPORT_PENDING:
+            for address, report in record.reports.items():
+                if report.report == REPORT_PENDING and (recipients is None or address in recipients):
                     report.report = outcome
+            if any(report.report == REPORT_PENDING for report in record.reports.values()):
+                return
             op.status = "Succeeded"
             record.status = "Succeeded"
 

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -98,6 +98,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     status_code: int
+    #: ``time.monotonic()`` when the POST arrived.
+    received_at: float = field(default_factory=time.monotonic)
 
 
 class RecordedEvents(list):
@@ -105,13 +107,15 @@ class RecordedEvents(list):
 
     ``requests`` keeps every POST (headers lower-cased, parsed body, the status answered).
     ``status_code`` is what the recorder answers; set it to e.g. 503 to make the emulator retry
-    (events answered with a non-2xx status are not added to the list).
+    (events answered with a non-2xx status are not added to the list). ``answer``, when set, makes
+    a 2xx answer carry ``answer(body)`` as JSON (else the body is empty).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[RecordedRequest] = []
         self.status_code = 200
+        self.answer: Callable[[Any], Any] | None = None
         self._cond = threading.Condition()
 
     def _record(self, headers: dict[str, str], body: Any) -> int:
@@ -154,6 +158,7 @@ class RecordedEvents(list):
         with self._cond:
             super().clear()
             self.requests.clear()
+            self.answer = None
 
 
 @contextlib.contextmanager
@@ -178,6 +183,9 @@ def running_webhook_recorder(
         if headers.get("aeg-event-type") == "SubscriptionValidation" and isinstance(body, list) and body:
             return JSONResponse({"validationResponse": body[0].get("data", {}).get("validationCode")})
         status = events._record(headers, body)
+        answer = events.answer
+        if answer is not None and 200 <= status < 300:
+            return JSONResponse(answer(body), status_code=status)
         return Response(status_code=status)
 
     @app.get("/health")

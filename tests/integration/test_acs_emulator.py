@@ -20,6 +20,7 @@ from azure.core.rest import HttpRequest
 
 from acs_emulator import DEFAULT_ACCESS_KEY, EmulatorConfig
 from acs_emulator.config import DEFAULT_RESOURCE_ID
+from acs_emulator.reports import FOREIGN_RESOURCE_ID
 from acs_emulator.testing import running_emulator, running_webhook_recorder
 
 REPORT_DELAY_MS = 50
@@ -433,6 +434,7 @@ def test_a_throttle_rate_of_1_answers_429_with_retry_after_and_records_nothing(e
     assert [r["status"] for r in httpx.get(emulator + "/emulator/requests").json()] == [429, 429]
     assert httpx.get(emulator + "/emulator/faults").json() == {
         "latencyMs": 0, "throttleRate": 1.0, "retryAfterSeconds": 7, "serverErrorRate": 0.0,
+        "duplicateReportRate": 0.0, "reportDelayJitterMs": 0, "foreignReportRate": 0.0,
     }
 
 
@@ -482,6 +484,203 @@ def test_injected_latency_delays_answers_without_blocking_concurrent_requests(em
     assert len(results) == 3
     assert 0.4 <= elapsed < 1.15, "the three sends were not served concurrently"
     assert len(messages(emulator)) == 3
+
+
+# -- report faults and statistics ---------------------------------------------------------------------
+
+
+def stats(base_url: str) -> dict:
+    return httpx.get(base_url + "/emulator/stats").json()
+
+
+def wait_for_no_pending_reports(base_url: str, timeout_s: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        current = stats(base_url)
+        if all(c["pending"] == 0 for c in current["channels"].values()):
+            return current
+        assert time.monotonic() < deadline, f"reports still pending: {current}"
+        time.sleep(0.02)
+
+
+def send_mixed(base_url: str) -> tuple[str, dict[str, str]]:
+    """An email to a delivered, a bounced and a silent recipient, and SMS to a delivered, a failed and
+    a silent number; returns the email operation id and the SMS message ids by number."""
+    to = [address("alice"), address("bounce"), address("noreport")]
+    operation = email_client(base_url).begin_send(email(to), polling=False).result()
+    numbers = ["+14255550123", "+14255550001", "+14255550002"]
+    results = sms_client(base_url).send(SMS_SENDER, numbers, "Hello", enable_delivery_report=True)
+    return operation["id"], {r.to: r.message_id for r in results}
+
+
+def test_the_report_faults_are_read_validated_and_reset(emulator):
+    changed = httpx.put(
+        emulator + "/emulator/faults",
+        json={"duplicateReportRate": 0.3, "reportDelayJitterMs": 500, "foreignReportRate": 0.1},
+    )
+
+    assert changed.status_code == 200
+    assert changed.json() | {} == httpx.get(emulator + "/emulator/faults").json()
+    assert {k: changed.json()[k] for k in ("duplicateReportRate", "reportDelayJitterMs", "foreignReportRate")} == {
+        "duplicateReportRate": 0.3, "reportDelayJitterMs": 500, "foreignReportRate": 0.1,
+    }
+    for bad in (
+        {"duplicateReportRate": 1.5}, {"foreignReportRate": -0.1}, {"reportDelayJitterMs": -1},
+        {"reportDelayJitterMs": 2.5}, {"duplicateReportRate": "0.5"}, {"foreignReportRate": True},
+    ):
+        answer = httpx.put(emulator + "/emulator/faults", json=bad)
+        assert answer.status_code == 400, bad
+        assert answer.json()["error"]["code"] == "BadRequest"
+    reset = httpx.delete(emulator + "/emulator/faults").json()
+    assert (reset["duplicateReportRate"], reset["reportDelayJitterMs"], reset["foreignReportRate"]) == (0.0, 0, 0.0)
+
+
+def test_without_report_faults_each_message_gets_one_post_and_the_stats_count_it(emulator, events):
+    events.answer = lambda body: {"received": len(body), "applied": len(body), "rejected": 0, "note": "x"}
+
+    operation_id, sms_ids = send_mixed(emulator)
+
+    current = wait_for_no_pending_reports(emulator)
+    time.sleep(2 * REPORT_DELAY_MS / 1000)
+    assert len(events) == 4
+    email_posts = [r for r in events.requests if r.body[0]["eventType"] == EMAIL_REPORT]
+    assert len(email_posts) == 1 and len(email_posts[0].body) == 2, "an email's reports go in one batch"
+    assert sorted(e["id"] for e in events) == sorted({e["id"] for e in events}), "no duplicates"
+    assert all(e["topic"] == DEFAULT_RESOURCE_ID for e in events)
+    assert current["channels"]["email"] == {
+        "accepted": 1, "reports": {"Bounced": 1, "Delivered": 1}, "duplicatesPosted": 0, "foreignPosted": 0,
+        "pending": 0, "gaveUp": 0,
+    }
+    assert current["channels"]["sms"] == {
+        "accepted": 3, "reports": {"Delivered": 1, "Failed": 1}, "duplicatesPosted": 0, "foreignPosted": 0,
+        "pending": 0, "gaveUp": 0,
+    }
+    assert current["webhook"]["posts"] == len(events.requests)
+    assert current["webhook"]["failedAttempts"] == 0
+    assert current["webhook"]["responses"] == {"received": 4, "applied": 4, "rejected": 0}
+    wait_for_email_status(emulator, operation_id, "Succeeded")
+
+
+def test_a_duplicate_report_rate_of_1_posts_every_report_twice_with_the_same_id_in_separate_posts(emulator, events):
+    set_faults(emulator, duplicateReportRate=1.0)
+
+    operation_id, sms_ids = send_mixed(emulator)
+
+    current = wait_for_no_pending_reports(emulator)
+    ids = [e["id"] for e in events]
+    assert len(ids) == 8 and all(ids.count(i) == 2 for i in ids), "each of the 4 reports arrives twice"
+    for request in events.requests:
+        in_post = [e["id"] for e in request.body]
+        assert len(in_post) == len(set(in_post)), "a duplicate never shares a POST with its original"
+    for event_id in set(ids):
+        copies = [e for e in events if e["id"] == event_id]
+        assert copies[0] == copies[1], "a redelivery is the same event"
+    by_message = {e["data"]["messageId"] for e in events}
+    assert by_message == {operation_id, sms_ids["+14255550123"], sms_ids["+14255550001"]}
+    assert current["channels"]["email"]["reports"] == {"Bounced": 1, "Delivered": 1}
+    assert current["channels"]["email"]["duplicatesPosted"] == 2
+    assert current["channels"]["sms"]["reports"] == {"Delivered": 1, "Failed": 1}
+    assert current["channels"]["sms"]["duplicatesPosted"] == 2
+    (recorded,) = messages(emulator, "email")
+    assert recorded["status"] == "Succeeded"
+    assert sorted(r["report"] for r in recorded["reportStatus"].values()) == ["none", "posted", "posted"]
+
+
+def test_a_duplicate_report_rate_of_0_5_duplicates_about_half_each_in_a_later_post(emulator, events):
+    set_faults(emulator, duplicateReportRate=0.5)
+
+    results = sms_client(emulator).send(SMS_SENDER, [f"+1425556{i:04d}" for i in range(10, 90)], "Hi",
+                                        enable_delivery_report=True)
+
+    current = wait_for_no_pending_reports(emulator)
+    assert len(results) == 80
+    duplicated = current["channels"]["sms"]["duplicatesPosted"]
+    assert current["channels"]["sms"]["reports"] == {"Delivered": 80}
+    assert 20 <= duplicated <= 60
+    assert len(events) == 80 + duplicated
+    posts: dict[str, list[int]] = {}
+    for index, request in enumerate(events.requests):
+        for event in request.body:
+            posts.setdefault(event["id"], []).append(index)
+    twice = {event_id: where for event_id, where in posts.items() if len(where) == 2}
+    assert len(twice) == duplicated and all(len(where) in (1, 2) for where in posts.values())
+    assert all(first < second for first, second in twice.values()), "the copies travel in different POSTs"
+
+
+def test_report_delay_jitter_delivers_reports_out_of_order_within_delay_plus_jitter(emulator, events):
+    jitter_ms = 400
+    set_faults(emulator, reportDelayJitterMs=jitter_ms)
+    client = sms_client(emulator)
+    sent_at = {}
+    for i in range(20):
+        (result,) = client.send(SMS_SENDER, f"+1425557{i + 10:04d}", "Hi", enable_delivery_report=True)
+        sent_at[result.message_id] = time.monotonic()
+    to = [address(f"r{i}") for i in range(10)]
+    operation = email_client(emulator).begin_send(email(to), polling=False).result()
+    sent_at[operation["id"]] = time.monotonic()
+
+    events.wait_for(30)
+    wait_for_no_pending_reports(emulator)
+
+    arrived = {
+        (event["data"]["messageId"], event["data"].get("recipient")): request.received_at
+        for request in events.requests
+        for event in request.body
+    }
+    assert len(arrived) == 30
+    sms_order = [e["data"]["messageId"] for e in events if e["eventType"] == SMS_REPORT]
+    assert sms_order != list(sent_at)[:20], "with 400 ms of jitter the SMS reports overtake each other"
+    assert len(events.requests) > 2, "jittered reports of one email do not all share one POST"
+    for (message_id, _recipient), at in arrived.items():
+        waited = at - sent_at[message_id]
+        assert REPORT_DELAY_MS / 1000 - 0.05 <= waited <= (REPORT_DELAY_MS + jitter_ms) / 1000 + 0.3
+    assert {e["data"]["recipient"] for e in events if e["eventType"] == EMAIL_REPORT} == set(to)
+    wait_for_email_status(emulator, operation["id"], "Succeeded")
+
+
+def test_a_foreign_report_rate_of_1_also_posts_each_report_from_another_topic_with_a_new_id(emulator, events):
+    set_faults(emulator, foreignReportRate=1.0)
+    events.answer = lambda body: {"received": len(body),
+                                  "rejected": sum(e["topic"] == FOREIGN_RESOURCE_ID for e in body)}
+
+    operation_id, sms_ids = send_mixed(emulator)
+
+    current = wait_for_no_pending_reports(emulator)
+    assert len(events) == 8
+    genuine = [e for e in events if e["topic"] == DEFAULT_RESOURCE_ID]
+    foreign = [e for e in events if e["topic"] == FOREIGN_RESOURCE_ID]
+    assert len(genuine) == len(foreign) == 4
+    assert not {e["id"] for e in genuine} & {e["id"] for e in foreign}
+    assert len({e["id"] for e in foreign}) == 4
+    strip = lambda e: (e["data"]["messageId"], e["data"].get("recipient"), e["data"].get("to"), e["eventType"])  # noqa: E731
+    assert sorted(map(strip, foreign)) == sorted(map(strip, genuine)), "each foreign copy mirrors a genuine report"
+    for copy_ in foreign:
+        original = next(e for e in genuine if strip(e) == strip(copy_))
+        assert copy_["data"] == original["data"] and copy_["subject"] == original["subject"]
+    assert current["channels"]["email"]["foreignPosted"] == 2
+    assert current["channels"]["sms"]["foreignPosted"] == 2
+    assert current["channels"]["email"]["reports"] == {"Bounced": 1, "Delivered": 1}
+    assert current["webhook"]["responses"] == {"received": 8, "rejected": 4}
+
+
+def test_stats_count_accepted_messages_pending_and_given_up_reports_and_failed_posts():
+    with running_webhook_recorder() as (url, events):
+        config = EmulatorConfig(webhook_url=url, report_delay_ms=REPORT_DELAY_MS, report_retry_interval_ms=50,
+                                report_give_up_after_s=0.3)
+        with running_emulator(config) as base_url:
+            events.status_code = 503
+            set_faults(base_url, duplicateReportRate=1.0)
+            sms_client(base_url).send(SMS_SENDER, ["+14255550123", "+14255550002"], "Hi",
+                                      enable_delivery_report=True)
+            early = stats(base_url)
+            current = wait_for_no_pending_reports(base_url, timeout_s=5)
+
+    assert early["channels"]["sms"]["accepted"] == 2
+    assert early["channels"]["sms"]["pending"] == 2, "the report and its duplicate"
+    assert current["channels"]["sms"]["gaveUp"] == 2
+    assert current["channels"]["sms"]["reports"] == {}
+    assert current["webhook"]["posts"] == 0
+    assert current["webhook"]["failedAttempts"] >= 2
 
 
 def test_clearing_the_emulator_forgets_messages_and_drops_reports_not_yet_posted(emulator, events):
