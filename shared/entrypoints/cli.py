@@ -60,10 +60,12 @@ def api(host: str = "127.0.0.1", port: int = 7071) -> None:
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    reconcile: bool = typer.Option(True, help="Also run the reconciliation timer (one worker per stack should)."),
+) -> None:
     """Run only the dispatcher worker (and the reconciliation timer)."""
     _setup()
-    local.run_worker()
+    local.run_worker(reconcile=reconcile)
 
 
 @cli.command()

@@ -59,8 +59,9 @@ class Worker:
     the handler's own reason when it gives up.
     """
 
-    def __init__(self, services: bootstrap.Services, *, poll_seconds: float = 0.5) -> None:
+    def __init__(self, services: bootstrap.Services, *, poll_seconds: float = 0.5, reconcile: bool = True) -> None:
         self.services = services
+        self.reconcile = reconcile
         self.concurrency = services.settings.dispatch_concurrency
         self.poll_seconds = poll_seconds
         self.stopping = threading.Event()
@@ -110,8 +111,8 @@ class Worker:
                 log.exception("reconciliation failed; will try again in %.0fs", interval)
 
     def run(self) -> None:
-        timer = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
-        timer.start()
+        if self.reconcile:
+            threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
         log.info("worker consuming queue %r, %d at a time", self.services.settings.notifications_queue, self.concurrency)
         while not self.stopping.is_set():
             self.run_once()
@@ -119,8 +120,8 @@ class Worker:
         log.info("worker stopped")
 
 
-def run_worker() -> None:
-    worker = Worker(bootstrap.services())
+def run_worker(reconcile: bool = True) -> None:
+    worker = Worker(bootstrap.services(), reconcile=reconcile)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     try:
         worker.run()
@@ -175,7 +176,9 @@ def run_stack(
         "api": ([python, "-m", "shared", "api", "--host", host, "--port", str(api_port)], env),
     }
     for index in range(1, workers + 1):
-        specs[f"worker-{index}"] = ([python, "-m", "shared", "worker"], env)
+        # One reconciliation timer for the stack, as the timer trigger fires once in Azure.
+        flag = "--reconcile" if index == 1 else "--no-reconcile"
+        specs[f"worker-{index}"] = ([python, "-m", "shared", "worker", flag], env)
     children: dict[str, subprocess.Popen] = {}
     stopping = threading.Event()
 
