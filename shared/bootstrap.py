@@ -33,19 +33,49 @@ class Services:
         return RetryPolicy(max_attempts=s.max_send_attempts, base_seconds=s.retry_base_seconds, max_seconds=s.retry_max_seconds)
 
     @cached_property
+    def azure_credential(self):
+        """One credential for every Azure client: the managed identity in Azure, a developer's
+        sign-in locally (DefaultAzureCredential tries them in turn)."""
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    @cached_property
+    def table_service(self):
+        from azure.data.tables import TableServiceClient
+
+        s = self.settings
+        if s.tables_connection_string:
+            return TableServiceClient.from_connection_string(s.tables_connection_string)
+        return TableServiceClient(endpoint=s.tables_endpoint, credential=self.azure_credential)
+
+    @cached_property
     def ledger(self):
+        if self.settings.ledger_backend == "table":
+            from .adapters.table_ledger import TableLedger
+
+            return TableLedger(self.table_service)
         from .adapters.sqlite_ledger import SqliteLedger
 
         return SqliteLedger(self.settings.data_dir / "ledger.sqlite3")
 
     @cached_property
     def suppressions(self):
+        if self.settings.ledger_backend == "table":
+            from .adapters.table_suppressions import TableSuppressionList
+
+            return TableSuppressionList(self.table_service)
         from .adapters.sqlite_suppressions import SqliteSuppressionList
 
         return SqliteSuppressionList(self.settings.data_dir / "ledger.sqlite3")
 
     @cached_property
     def rate_limiter(self):
+        # Shared by every dispatcher instance, so it lives beside the ledger.
+        if self.settings.ledger_backend == "table":
+            from .adapters.table_rate_limiter import TableRateLimiter
+
+            return TableRateLimiter(self.table_service, self.settings.quotas())
         from .adapters.sqlite_rate_limiter import SqliteRateLimiter
 
         return SqliteRateLimiter(self.settings.data_dir / "queue.sqlite3", self.settings.quotas())
@@ -60,9 +90,16 @@ class Services:
 
     @cached_property
     def queue(self):
+        s = self.settings
+        if s.queue_backend == "servicebus":
+            from azure.servicebus import ServiceBusClient
+
+            from .adapters.servicebus_queue import ServiceBusQueue
+
+            client = ServiceBusClient(fully_qualified_namespace=s.servicebus_namespace, credential=self.azure_credential)
+            return ServiceBusQueue(client, s.notifications_queue)
         from .adapters.embedded_queue import EmbeddedQueue
 
-        s = self.settings
         return EmbeddedQueue(
             s.data_dir / "queue.sqlite3",
             s.notifications_queue,
@@ -81,9 +118,7 @@ class Services:
             from azure.core.credentials import AzureKeyCredential
 
             return AzureKeyCredential(self.settings.acs_access_key)
-        from azure.identity import DefaultAzureCredential
-
-        return DefaultAzureCredential()
+        return self.azure_credential
 
     def _acs_client_options(self) -> dict:
         # retry_total=0: the SDK's own retries would sleep inside the worker, honouring

@@ -24,9 +24,16 @@ class Settings(BaseSettings):
     dev_keys: str = Field("", alias="NOTIFY_DEV_KEYS")
     data_dir: Path = Field(Path(".data"), alias="NOTIFY_DATA_DIR")
 
-    ledger_backend: Literal["sqlite"] = Field("sqlite", alias="LEDGER_BACKEND")
-    queue_backend: Literal["embedded"] = Field("embedded", alias="QUEUE_BACKEND")
+    # sqlite / embedded: the local stack. table / servicebus: Azure, with the managed identity.
+    ledger_backend: Literal["sqlite", "table"] = Field("sqlite", alias="LEDGER_BACKEND")
+    queue_backend: Literal["embedded", "servicebus"] = Field("embedded", alias="QUEUE_BACKEND")
     notifications_queue: str = Field("notifications", alias="NOTIFICATIONS_QUEUE")
+    # https://<account>.table.core.windows.net (or a Cosmos DB for Table endpoint).
+    tables_endpoint: str | None = Field(None, alias="TABLES_ENDPOINT")
+    # Only for Azurite on a laptop; in Azure the identity authenticates against TABLES_ENDPOINT.
+    tables_connection_string: str | None = Field(None, alias="TABLES_CONNECTION_STRING")
+    # The same setting the Service Bus trigger's identity-based connection reads.
+    servicebus_namespace: str | None = Field(None, alias="ServiceBusConnection__fullyQualifiedNamespace")
 
     acs_endpoint: str = Field(..., alias="ACS_ENDPOINT")
     # Only for the local emulator; in Azure the managed identity authenticates.
@@ -88,8 +95,22 @@ class Settings(BaseSettings):
             raise ValueError("FAILURE_RATE_CRITICAL must not be below FAILURE_RATE_WARNING")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("RETRY_MAX_SECONDS must not be below RETRY_BASE_SECONDS")
-        if self.environment == "azure" and self.dev_keys:
-            raise ValueError("NOTIFY_DEV_KEYS must be empty when NOTIFY_ENVIRONMENT=azure")
+        if self.environment == "azure":
+            # No secrets in Azure, and nothing that lives on the instance's disk.
+            if self.dev_keys:
+                raise ValueError("NOTIFY_DEV_KEYS must be empty when NOTIFY_ENVIRONMENT=azure")
+            if self.acs_access_key:
+                raise ValueError("ACS_ACCESS_KEY must not be set in Azure: the managed identity authenticates to ACS")
+            if self.tables_connection_string:
+                raise ValueError("TABLES_CONNECTION_STRING must not be set in Azure: use TABLES_ENDPOINT")
+            if self.ledger_backend != "table":
+                raise ValueError("LEDGER_BACKEND must be table in Azure: a SQLite file does not survive an instance")
+            if self.queue_backend != "servicebus":
+                raise ValueError("QUEUE_BACKEND must be servicebus in Azure")
+        if self.ledger_backend == "table" and not (self.tables_endpoint or self.tables_connection_string):
+            raise ValueError("LEDGER_BACKEND=table needs TABLES_ENDPOINT (or TABLES_CONNECTION_STRING for Azurite)")
+        if self.queue_backend == "servicebus" and not self.servicebus_namespace:
+            raise ValueError("QUEUE_BACKEND=servicebus needs ServiceBusConnection__fullyQualifiedNamespace")
         self.parsed_dev_keys()  # fail at start-up, not on the first request
         self.quotas()
         return self

@@ -27,6 +27,10 @@ def settings_with(**changes):
         ({"EMAIL_WARMUP_START": "2026-11-01"}, "EMAIL_WARMUP_HOURLY"),
         ({"EMAIL_WARMUP_START": "soon", "EMAIL_WARMUP_HOURLY": "50,100"}, "EMAIL_WARMUP_START"),
         ({"EMAIL_RATE_PER_MINUTE": "-1"}, "EMAIL_RATE_PER_MINUTE"),
+        ({"LEDGER_BACKEND": "table"}, "TABLES_ENDPOINT"),
+        ({"QUEUE_BACKEND": "servicebus"}, "ServiceBusConnection__fullyQualifiedNamespace"),
+        ({"LEDGER_BACKEND": "mongodb"}, "LEDGER_BACKEND"),
+        ({"FAILURE_RATE_WARNING": "0.05", "FAILURE_RATE_CRITICAL": "0.02"}, "FAILURE_RATE_CRITICAL"),
     ],
 )
 def test_an_invalid_setting_is_refused_by_name(changes, named):
@@ -43,3 +47,45 @@ def test_the_api_process_does_not_start_with_an_invalid_setting():
     )
     assert result.returncode == 2
     assert "EMAIL_SENDERS" in result.stdout + result.stderr
+
+
+AZURE = {
+    "NOTIFY_ENVIRONMENT": "azure",
+    "NOTIFY_DEV_KEYS": "",
+    "ACS_ACCESS_KEY": None,
+    "LEDGER_BACKEND": "table",
+    "TABLES_ENDPOINT": "https://notify.table.core.windows.net",
+    "QUEUE_BACKEND": "servicebus",
+    "ServiceBusConnection__fullyQualifiedNamespace": "notify.servicebus.windows.net",
+}
+
+
+def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
+    settings = settings_with(**AZURE)
+    assert (settings.ledger_backend, settings.queue_backend) == ("table", "servicebus")
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"ACS_ACCESS_KEY": "c2VjcmV0"}, "ACS_ACCESS_KEY"),
+        ({"TABLES_CONNECTION_STRING": "AccountKey=x"}, "TABLES_CONNECTION_STRING"),
+        ({"LEDGER_BACKEND": "sqlite"}, "LEDGER_BACKEND"),
+        ({"QUEUE_BACKEND": "embedded"}, "QUEUE_BACKEND"),
+        ({"NOTIFY_DEV_KEYS": "sender=abc"}, "NOTIFY_DEV_KEYS"),
+    ],
+)
+def test_in_azure_secrets_and_local_backends_are_refused_by_name(changes, named):
+    with pytest.raises(SettingsError) as raised:
+        settings_with(**(AZURE | changes))
+    assert named in str(raised.value)
+
+
+def test_in_azure_bootstrap_builds_the_service_bus_queue_and_identity_clients_without_connecting():
+    from shared.bootstrap import Services
+
+    services = Services(settings_with(**AZURE))
+    credential = services.azure_credential
+    assert type(credential).__name__ == "DefaultAzureCredential"
+    assert services._acs_credential() is credential
+    assert services.table_service.url.startswith("https://notify.table.core.windows.net")
