@@ -1,8 +1,10 @@
 """Contract tests for the queue port (``MessagePublisher`` + ``MessageConsumer``).
 
-Every test takes ``queue_factory`` and runs once per implementation. Only the embedded SQLite
-queue exists today; a Service Bus adapter joins by adding a parameter to the fixture. Tests that
-travel in time take the ``clock`` fixture, which skips implementations whose time cannot be faked.
+Every test takes ``queue_factory`` and runs once per implementation: the embedded SQLite queue,
+and Azure Service Bus when a namespace is configured (``SERVICEBUS_FULLY_QUALIFIED_NAMESPACE`` with
+``DefaultAzureCredential``, or ``SERVICEBUS_CONNECTION_STRING``; the queue is
+``SERVICEBUS_TEST_QUEUE``, default ``notifications-test``, and is purged first). Tests that travel
+in time take the ``clock`` fixture, which skips implementations whose time cannot be faked.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.embedded_queue import EmbeddedQueue
+from shared.adapters.servicebus_queue import ServiceBusQueue
 from shared.domain.errors import LockLost
 from shared.service.ports import OutgoingMessage
 
@@ -46,17 +49,95 @@ class EmbeddedQueueFactory:
         return EmbeddedQueue(self.path, name, clock=self.clock, **options)
 
 
-@pytest.fixture(params=["embedded"])
+NO_SERVICEBUS = (
+    "no Service Bus namespace configured "
+    "(set SERVICEBUS_FULLY_QUALIFIED_NAMESPACE or SERVICEBUS_CONNECTION_STRING)"
+)
+
+
+class ServiceBusQueueFactory:
+    """Opens adapters on one real, pre-created Service Bus queue. Real time only: no clock."""
+
+    clock: FakeClock | None = None
+
+    def __init__(self, client, queue_name: str) -> None:
+        self.client = client
+        self.queue_name = queue_name
+        self.opened: list[ServiceBusQueue] = []
+
+    @classmethod
+    def from_environment(cls) -> ServiceBusQueueFactory:
+        from azure.servicebus import ServiceBusClient
+
+        queue_name = os.environ.get("SERVICEBUS_TEST_QUEUE") or "notifications-test"
+        if connection_string := os.environ.get("SERVICEBUS_CONNECTION_STRING"):
+            return cls(ServiceBusClient.from_connection_string(connection_string), queue_name)
+        if namespace := os.environ.get("SERVICEBUS_FULLY_QUALIFIED_NAMESPACE"):
+            from azure.identity import DefaultAzureCredential
+
+            return cls(ServiceBusClient(namespace, DefaultAzureCredential()), queue_name)
+        pytest.skip(NO_SERVICEBUS)
+
+    def __call__(self, name: str = "notifications", **options) -> ServiceBusQueue:
+        if name != "notifications":
+            pytest.skip("Service Bus runs against one pre-created test queue; a second named queue is not provisioned")
+        if options:
+            pytest.skip(
+                f"{', '.join(sorted(options))}: a property of the Service Bus queue itself, set when it is "
+                "created, not an option of the client"
+            )
+        queue = ServiceBusQueue(self.client, self.queue_name)
+        self.opened.append(queue)
+        return queue
+
+    def purge(self) -> None:
+        """Empty the queue and its dead letters, and cancel messages scheduled by earlier runs.
+
+        Messages still locked by an earlier run that died come back only when their locks expire.
+        """
+        from azure.servicebus import ServiceBusMessageState, ServiceBusReceiveMode, ServiceBusSubQueue
+
+        with self.client.get_queue_receiver(self.queue_name) as browser:
+            scheduled = [
+                m.sequence_number
+                for m in browser.peek_messages(max_message_count=1000, sequence_number=1)
+                if m.state == ServiceBusMessageState.SCHEDULED
+            ]
+        if scheduled:
+            with self.client.get_queue_sender(self.queue_name) as sender:
+                sender.cancel_scheduled_messages(scheduled)
+        for sub_queue in (None, ServiceBusSubQueue.DEAD_LETTER):
+            with self.client.get_queue_receiver(
+                self.queue_name, sub_queue=sub_queue, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+            ) as receiver:
+                while receiver.receive_messages(max_message_count=100, max_wait_time=1):
+                    pass
+
+    def close(self) -> None:
+        for queue in self.opened:
+            queue.close()
+        self.client.close()
+
+
+@pytest.fixture(params=["embedded", "servicebus"])
 def queue_factory(request, tmp_path):
     if request.param == "embedded":
-        return EmbeddedQueueFactory(tmp_path / "queues" / "local.db")
-    raise AssertionError(request.param)
+        yield EmbeddedQueueFactory(tmp_path / "queues" / "local.db")
+    elif request.param == "servicebus":
+        factory = ServiceBusQueueFactory.from_environment()
+        try:
+            factory.purge()
+            yield factory
+        finally:
+            factory.close()
+    else:
+        raise AssertionError(request.param)
 
 
 @pytest.fixture
 def clock(queue_factory) -> FakeClock:
     if queue_factory.clock is None:
-        pytest.skip("this queue runs on real time")
+        pytest.skip("needs a fake clock; this queue runs on real time")
     return queue_factory.clock
 
 
