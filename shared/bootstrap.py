@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from functools import cached_property
+from pathlib import Path
 
 from .config import Settings, load_settings
 from .service.retry import RetryPolicy
@@ -31,6 +32,14 @@ class Services:
     def policy(self) -> RetryPolicy:
         s = self.settings
         return RetryPolicy(max_attempts=s.max_send_attempts, base_seconds=s.retry_base_seconds, max_seconds=s.retry_max_seconds)
+
+    @cached_property
+    def templates(self):
+        from .adapters.jinja_templates import JinjaTemplates
+
+        folder = self.settings.templates_dir
+        # A relative folder is the repo's (the Functions app's root), wherever the process starts.
+        return JinjaTemplates(folder if folder.is_absolute() else Path(__file__).resolve().parents[1] / folder)
 
     @cached_property
     def azure_credential(self):

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     failure_rate_min_sent: int = Field(50, alias="FAILURE_RATE_MIN_SENT", ge=1)
     retention_days: int = Field(90, alias="RETENTION_DAYS", ge=1)
 
+    # Approved content, rendered at intake (see templates/).
+    templates_dir: Path = Field(Path("templates"), alias="TEMPLATES_DIR")
+    # Carriers bill per segment; refuse messages that would cost more than this.
+    sms_max_segments: int = Field(6, alias="SMS_MAX_SEGMENTS", ge=1, le=50)
+
     dispatch_concurrency: int = Field(8, alias="DISPATCH_CONCURRENCY", ge=1, le=256)
     queue_lock_seconds: int = Field(60, alias="QUEUE_LOCK_SECONDS", ge=5, le=300)
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)

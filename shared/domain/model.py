@@ -254,7 +254,10 @@ class Notification(BaseModel):
             created_at=at,
             updated_at=at,
         )
-        notification._record(at, "accepted", detail={"recipients": len(recipients)})
+        detail: dict[str, Any] = {"recipients": len(recipients)}
+        if "template" in content:
+            detail["template"] = content["template"]
+        notification._record(at, "accepted", detail=detail)
         return notification
 
     # ---------------------------------------------------------------- derived state

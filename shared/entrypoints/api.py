@@ -3,6 +3,7 @@ uvicorn on the local stack, under the same ``/api`` routes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -86,8 +87,16 @@ def notification_view(n: Notification) -> dict[str, Any]:
         "deadLetter": n.dead_letter.model_dump(mode="json") if n.dead_letter else None,
         "history": [h.model_dump(mode="json", exclude_none=True) for h in n.history],
     }
+    # The body stays in the ledger: the view shows what identifies it, not what it says.
+    canonical = json.dumps({k: v for k, v in n.content.items() if k != "template"}, sort_keys=True, ensure_ascii=False)
+    view["contentHash"] = "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    if "template" in n.content:
+        view["template"] = n.content["template"]
     if n.channel is Channel.EMAIL:
         view["subject"] = n.content.get("subject")
+    else:
+        view["segments"] = n.content.get("segments")
+        view["encoding"] = n.content.get("encoding")
     return view
 
 
@@ -186,7 +195,9 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
             raise InvalidRequest([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")])
         body = await _json_body(request, svc.settings.max_request_bytes)
-        cmd = parse_notification_request(body, settings=svc.settings, idempotency_key=key, caller=principal.id)
+        cmd = parse_notification_request(
+            body, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=principal.id
+        )
         notification, created = await run_in_threadpool(
             handlers.submit_notification, cmd, ledger=svc.ledger, publisher=svc.publisher, clock=svc.clock
         )

@@ -18,6 +18,8 @@ from ..config import Settings
 from ..domain.commands import SubmitNotification
 from ..domain.errors import FieldError, InvalidRequest
 from ..domain.model import Channel, Recipient
+from ..domain.sms import count_segments
+from ..service.ports import RenderedTemplate, TemplateError, Templates
 
 MAX_EMAIL_RECIPIENTS = 50  # ACS limit for to + cc + bcc
 MAX_SMS_RECIPIENTS = 100  # ACS limit per send request
@@ -76,14 +78,22 @@ def _address(value: Any) -> Any:
     return {"address": value} if isinstance(value, str) else value
 
 
+class TemplateRef(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    version: int | None = Field(None, ge=1)
+    data: dict[str, Any] = Field(default_factory=dict)
+    locale: str | None = Field(None, max_length=35)
+
+
 class EmailRequest(_Strict):
     channel: Literal["email"]
     to: list[AddressIn] = Field(min_length=1)
     cc: list[AddressIn] = Field(default_factory=list)
     bcc: list[AddressIn] = Field(default_factory=list)
-    subject: str = Field(max_length=MAX_SUBJECT_LENGTH)
+    subject: str | None = Field(None, max_length=MAX_SUBJECT_LENGTH)
     text: str | None = None
     html: str | None = None
+    template: TemplateRef | None = None
     replyTo: list[AddressIn] = Field(default_factory=list, max_length=10)
     sender: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -95,22 +105,27 @@ class EmailRequest(_Strict):
 
     @field_validator("subject")
     @classmethod
-    def _subject(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return _no_line_breaks(value)
+    def _subject(cls, value: str | None) -> str | None:
+        return None if value is None else _subject_line(value)
 
     @model_validator(mode="after")
     def _content(self) -> EmailRequest:
-        if not (self.text and self.text.strip()) and not (self.html and self.html.strip()):
-            raise ValueError("an email needs text or html")
+        if self.template is None and not (self.text and self.text.strip()) and not (self.html and self.html.strip()):
+            raise ValueError("an email needs text or html, or a template")
         return self
+
+
+def _subject_line(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return _no_line_breaks(value)
 
 
 class SmsRequest(_Strict):
     channel: Literal["sms"]
     to: list[str] = Field(min_length=1, max_length=MAX_SMS_RECIPIENTS)
-    message: str = Field(max_length=MAX_SMS_LENGTH)
+    message: str | None = Field(None, max_length=MAX_SMS_LENGTH)
+    template: TemplateRef | None = None
     sender: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -129,8 +144,8 @@ class SmsRequest(_Strict):
 
     @field_validator("message")
     @classmethod
-    def _message(cls, value: str) -> str:
-        if not value.strip():
+    def _message(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
 
@@ -155,8 +170,36 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _render(
+    request: EmailRequest | SmsRequest, channel: Channel, templates: Templates | None, errors: list[FieldError]
+) -> RenderedTemplate | None:
+    """The template's content, or None for a literal request; a template given beside literal
+    content, or one that cannot be used, is the caller's error."""
+    ref = request.template
+    if ref is None:
+        return None
+    literal = ("subject", "text", "html") if channel is Channel.EMAIL else ("message",)
+    given = [f for f in literal if getattr(request, f) is not None]
+    if given:
+        errors.append(FieldError("/template", f"give a template or {', '.join(literal)}, not both"))
+        return None
+    if templates is None:
+        errors.append(FieldError("/template", "templates are not available here"))
+        return None
+    try:
+        return templates.render(name=ref.name, channel=channel, data=ref.data, version=ref.version, locale=ref.locale)
+    except TemplateError as exc:
+        errors.append(FieldError(exc.field, exc.message))
+        return None
+
+
 def parse_notification_request(
-    body: Any, *, settings: Settings, idempotency_key: str | None = None, caller: str = "anonymous"
+    body: Any,
+    *,
+    settings: Settings,
+    templates: Templates | None = None,
+    idempotency_key: str | None = None,
+    caller: str = "anonymous",
 ) -> SubmitNotification:
     if not isinstance(body, dict):
         raise InvalidRequest([FieldError("/", "the body must be a JSON object")])
@@ -172,6 +215,8 @@ def parse_notification_request(
     errors: list[FieldError] = []
     if len(json.dumps(request.metadata)) > MAX_METADATA_BYTES:
         errors.append(FieldError("/metadata", f"must be at most {MAX_METADATA_BYTES} bytes of JSON"))
+    rendered = _render(request, Channel(channel), templates, errors)
+    template_sender = rendered.sender if rendered else None
 
     if isinstance(request, EmailRequest):
         allowed = settings.email_senders
@@ -182,20 +227,45 @@ def parse_notification_request(
         ]
         if len(recipients) > MAX_EMAIL_RECIPIENTS:
             errors.append(FieldError("/to", f"at most {MAX_EMAIL_RECIPIENTS} recipients in to, cc and bcc together"))
-        content: dict[str, Any] = {"subject": request.subject, "text": request.text, "html": request.html}
+        if rendered is not None:
+            content: dict[str, Any] = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
+            try:
+                _subject_line(rendered.subject or "")
+            except ValueError as exc:
+                errors.append(FieldError("/template", f"the rendered subject {exc}"))
+        else:
+            content = {"subject": request.subject, "text": request.text, "html": request.html}
+            if request.subject is None and request.template is None:
+                errors.append(FieldError("/subject", "is required unless a template is given"))
         if request.replyTo:
             content["replyTo"] = [{"address": a.address, "display_name": a.displayName} for a in request.replyTo]
-        sender = request.sender or settings.default_email_sender
+        sender = request.sender or template_sender or settings.default_email_sender
         sender_ok = sender.lower() in {s.lower() for s in allowed}
     else:
         allowed = settings.sms_senders
         recipients = [Recipient(address=number) for number in request.to]
-        content = {"message": request.message}
-        sender = request.sender or settings.default_sms_sender
+        message = rendered.message if rendered is not None else request.message
+        content = {"message": message}
+        if rendered is None and request.message is None and request.template is None:
+            errors.append(FieldError("/message", "is required unless a template is given"))
+        if message is not None:
+            field = "/template" if rendered is not None else "/message"
+            if not message.strip():
+                errors.append(FieldError(field, "the message is empty"))
+            elif len(message) > MAX_SMS_LENGTH:
+                errors.append(FieldError(field, f"the message is longer than {MAX_SMS_LENGTH} characters"))
+            segments = count_segments(message)
+            content |= {"segments": segments.segments, "encoding": segments.encoding}
+            if segments.segments > settings.sms_max_segments:
+                errors.append(
+                    FieldError(field, f"needs {segments.segments} {segments.encoding} segments; the limit is {settings.sms_max_segments}")
+                )
+        sender = request.sender or template_sender or settings.default_sms_sender
         sender_ok = sender in allowed
 
     if not sender_ok:
-        errors.append(FieldError("/sender", "is not one of the configured senders for this channel"))
+        field = "/sender" if request.sender else "/template"
+        errors.append(FieldError(field, "is not one of the configured senders for this channel"))
     seen: set[str] = set()
     for index, recipient in enumerate(recipients):
         key = recipient.address.lower()
@@ -204,6 +274,8 @@ def parse_notification_request(
         seen.add(key)
     if errors:
         raise InvalidRequest(errors)
+    if rendered is not None:
+        content["template"] = {"name": rendered.name, "version": rendered.version, "locale": rendered.locale}
 
     return SubmitNotification(
         channel=Channel(channel),

@@ -82,6 +82,41 @@ class Ledger(Protocol):
         their message ids, and parked reports older than it; returns how many notifications."""
 
 
+# ---------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True)
+class RenderedTemplate:
+    name: str
+    version: int
+    locale: str
+    #: The sender the template names, if any (still checked against the allow-list).
+    sender: str | None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    message: str | None = None
+
+
+class TemplateError(Exception):
+    """A template that cannot be used: unknown, not approved, wrong version or channel, or
+    failing to render. ``field`` names the request field to blame, as a JSON pointer."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class Templates(Protocol):
+    """Approved content, rendered at intake so a broken template is the caller's 422, never a
+    failure at send time."""
+
+    def render(
+        self, *, name: str, channel: Channel, data: dict[str, Any], version: int | None = None, locale: str | None = None
+    ) -> RenderedTemplate: ...
+
+
 # ---------------------------------------------------------------------------- suppressions
 
 
