@@ -1,9 +1,10 @@
 """Contract tests for the ``Ledger`` port (``shared.service.ports.Ledger``).
 
 Every test takes ``ledger`` and runs once per implementation: the in-memory ``FakeLedger`` that
-the unit tests rely on, and the embedded ``SqliteLedger``. A Table Storage adapter joins by adding
-an entry to ``LEDGERS``; each entry must hand out a fresh, empty store, because the window queries
-(``status_counts``, ``awaiting_reports``, ``unqueued``) count everything the store holds.
+the unit tests rely on, the embedded ``SqliteLedger``, and the ``TableLedger`` against Azurite
+(skipped when Azurite is not installed). Each entry of ``LEDGERS`` must hand out a fresh, empty
+store, because the window queries (``status_counts``, ``awaiting_reports``, ``unqueued``) count
+everything the store holds: the Table one gets tables of its own.
 
 Tests at the bottom are about one adapter only (the SQLite file shared between processes and
 threads) and build it themselves.
@@ -20,6 +21,7 @@ from typing import Callable
 import pytest
 
 from shared.adapters.sqlite_ledger import SqliteLedger
+from shared.adapters.table_ledger import TableLedger
 from shared.domain.errors import ConcurrencyConflict
 from shared.domain.model import (
     Channel,
@@ -30,19 +32,26 @@ from shared.domain.model import (
     RecipientStatus,
 )
 from shared.service.ports import Ledger
+from tests import azurite
 from tests.fakes import FakeLedger
 
 # ---------------------------------------------------------------------------- implementations
 
-LEDGERS: dict[str, Callable[[Path], Ledger]] = {
-    "fake": lambda tmp_path: FakeLedger(),
-    "sqlite": lambda tmp_path: SqliteLedger(tmp_path / "ledger.sqlite3"),
+def table_ledger(request: pytest.FixtureRequest) -> TableLedger:
+    service, prefix = azurite.fresh_table_service(request)
+    return TableLedger(service, prefix=prefix)
+
+
+LEDGERS: dict[str, Callable[[pytest.FixtureRequest, Path], Ledger]] = {
+    "fake": lambda request, tmp_path: FakeLedger(),
+    "sqlite": lambda request, tmp_path: SqliteLedger(tmp_path / "ledger.sqlite3"),
+    "table": lambda request, tmp_path: table_ledger(request),
 }
 
 
 @pytest.fixture(params=list(LEDGERS))
 def ledger(request, tmp_path) -> Ledger:
-    store = LEDGERS[request.param](tmp_path)
+    store = LEDGERS[request.param](request, tmp_path)
     yield store
     close = getattr(store, "close", None)
     if close is not None:

@@ -1,8 +1,9 @@
 """Contract tests for the ``RateLimiter`` port (``shared.service.ports.RateLimiter``).
 
 Every test takes ``limiter_with`` (quotas -> a fresh, empty limiter) and runs once per
-implementation: the in-memory ``FakeRateLimiter`` and the embedded ``SqliteRateLimiter``. Times are
-passed explicitly, so the windows are exact. A Table Storage adapter joins by adding an entry.
+implementation: the in-memory ``FakeRateLimiter``, the embedded ``SqliteRateLimiter`` and the
+``TableRateLimiter`` against Azurite (skipped when Azurite is not installed). Times are passed
+explicitly, so the windows are exact.
 
 Tests at the bottom are about the SQLite file shared between processes.
 """
@@ -20,15 +21,23 @@ import pytest
 
 from shared.adapters.sqlite_ledger import SqliteLedger
 from shared.adapters.sqlite_rate_limiter import SqliteRateLimiter
+from shared.adapters.table_rate_limiter import TableRateLimiter
 from shared.service.ports import RateLimiter
 from shared.service.quota import SendQuota, WarmupSchedule
+from tests import azurite
 from tests.fakes import FakeRateLimiter
 
 ROOT = Path(__file__).resolve().parents[2]
 
-LIMITERS: dict[str, Callable[[Path, dict[str, SendQuota]], RateLimiter]] = {
-    "fake": lambda tmp_path, quotas: FakeRateLimiter(quotas),
-    "sqlite": lambda tmp_path, quotas: SqliteRateLimiter(tmp_path / "limits.sqlite3", quotas),
+def table_limiter(request: pytest.FixtureRequest, quotas: dict[str, SendQuota]) -> TableRateLimiter:
+    service, prefix = azurite.fresh_table_service(request)
+    return TableRateLimiter(service, quotas, prefix=prefix)
+
+
+LIMITERS: dict[str, Callable[[pytest.FixtureRequest, Path, dict[str, SendQuota]], RateLimiter]] = {
+    "fake": lambda request, tmp_path, quotas: FakeRateLimiter(quotas),
+    "sqlite": lambda request, tmp_path, quotas: SqliteRateLimiter(tmp_path / "limits.sqlite3", quotas),
+    "table": lambda request, tmp_path, quotas: table_limiter(request, quotas),
 }
 
 
@@ -37,7 +46,7 @@ def limiter_with(request, tmp_path):
     made = []
 
     def make(quotas: dict[str, SendQuota]) -> RateLimiter:
-        made.append(LIMITERS[request.param](tmp_path, quotas))
+        made.append(LIMITERS[request.param](request, tmp_path, quotas))
         return made[-1]
 
     yield make
@@ -152,6 +161,7 @@ _HAMMER = """
 import sys
 from datetime import datetime, timedelta
 from shared.adapters.sqlite_rate_limiter import SqliteRateLimiter
+from shared.adapters.table_rate_limiter import TableRateLimiter
 from shared.service.quota import SendQuota
 path, start, attempts = sys.argv[1], datetime.fromisoformat(sys.argv[2]), int(sys.argv[3])
 limiter = SqliteRateLimiter(path, {"email": SendQuota(per_minute=50, per_hour=None)})

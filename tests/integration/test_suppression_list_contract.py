@@ -3,15 +3,29 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.adapters.sqlite_suppressions import SqliteSuppressionList
+from shared.adapters.table_suppressions import TableSuppressionList
 from shared.domain.model import Channel, Suppression
+from tests import azurite
 from tests.fakes import FakeSuppressionList
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["fake", "sqlite"])
+def table_suppressions(request) -> TableSuppressionList:
+    service, prefix = azurite.fresh_table_service(request)
+    return TableSuppressionList(service, prefix=prefix)
+
+
+SUPPRESSION_LISTS = {
+    "fake": lambda request, tmp_path: FakeSuppressionList(),
+    "sqlite": lambda request, tmp_path: SqliteSuppressionList(tmp_path / "ledger.sqlite3"),
+    "table": lambda request, tmp_path: table_suppressions(request),
+}
+
+
+@pytest.fixture(params=list(SUPPRESSION_LISTS))
 def suppressions(request, tmp_path):
-    return FakeSuppressionList() if request.param == "fake" else SqliteSuppressionList(tmp_path / "ledger.sqlite3")
+    return SUPPRESSION_LISTS[request.param](request, tmp_path)
 
 
 def entry(address: str, channel: Channel = Channel.EMAIL, minutes: int = 0) -> Suppression:

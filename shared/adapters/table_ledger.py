@@ -1,0 +1,752 @@
+"""The ledger in Azure Table Storage (``azure-data-tables``), for the service in Azure.
+
+Table Storage has point reads, range scans inside a partition, atomic batches inside a partition,
+and ETags; no secondary indexes and no transactions across partitions. So every query the
+``Ledger`` port needs gets its own table, keyed so that the query is a point read or a range scan
+over the rows it returns, and the writes are ordered so that a crash between two of them leaves
+nothing a reader would believe.
+
+Tables (``<prefix><name>``, created on first use):
+
+    notifications   PK = notification id, RK = ""     the document and the few columns below
+    idempotencykeys PK = sha256(idempotency key)       -> notification_id
+    messageids      PK = ACS message id                -> notification_id
+    window          PK = hour accepted ("2026112215")  RK = "<created_at>|<id>": channel, status,
+                                                       reached_acs (the reconciliation window)
+    followups       PK = "awaiting", RK = "<earliest send still waiting for a report>|<id>"
+                    PK = "unqueued", RK = "<created_at>|<id>"
+    parked          PK = message id, RK = event id     parked_at, the report
+    parkedevents    PK = event id                      -> message_id (discarding goes by event id)
+
+* A notification is one entity: a lookup by id is a point read. Its JSON document
+  (``model_dump_json(exclude={"version"})``) outgrows the 64 KiB limit of a string property as
+  its history grows, so it is split over ``doc0..docN`` and joined on read; a document too big
+  for one entity (1 MiB) even so is stored zlib-compressed. ``version`` is an int property.
+* ``save`` reads the entity (a few small properties), refuses when ``version`` differs, and
+  replaces it conditionally on the ETag it read: a 412 means another writer came between, and
+  is the same ``ConcurrencyConflict``. Each notification is its own partition, so ``save_many``
+  is one conditional write per notification (run concurrently), not one transaction.
+* ``add`` creates the idempotency-key entity first (409: the key is taken, return its holder),
+  then the notification. A key whose holder does not exist was left by an ``add`` that crashed in
+  between: it is taken over with an ETag-conditional write, and an ``add`` that finds it lost
+  its key after creating its notification deletes it again, so one key keeps one notification.
+* Index entries that make a notification *visible* (its message ids, its ``awaiting`` and
+  ``unqueued`` entries) are written before the notification, and entries that hide it are
+  deleted after, so a crash or a lost race can leave an extra entry but never lose one. Readers
+  therefore check each entry against the notification it names, skip those that no longer
+  apply, and delete them once they are provably stale (the notification was written well after
+  the entry, so no writer can still be about to make it true).
+* The ``window`` entry is upserted after every successful save, so it carries the status of the
+  last save (if two saves' index writes cross, or a process dies between the two writes, it lags
+  until the notification's next save). ``status_counts`` reads only the hour partitions the
+  window touches, with a RowKey range, so its cost grows with the window and not with the table.
+* Writes that share a partition (window entries of one hour, follow-up entries, a purge's
+  deletions) go in entity-group transactions of up to 100. One partition serves about 2,000
+  entities a second, far above what ACS's send quotas let this service produce.
+* Times are stored as fixed-width ISO-8601 strings in UTC (``2026-11-22T15:04:05.123456Z``), so
+  lexical order is time order and RowKey ranges are time ranges.
+* ``azure.core`` HTTP errors are translated here: 409 (exists), 412 (changed) and 404 (gone)
+  become the port's answers; anything else (an outage) propagates.
+
+The helpers at the top (``TableStore``, ``encode_key``, ``to_text``, ``from_text``) are shared by
+the other Table Storage adapters.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+from urllib.parse import quote
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError
+from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
+
+from ..domain.errors import ConcurrencyConflict
+from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# ============================================================================ shared helpers
+
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,47}")
+_BATCH = 100  # operations per entity-group transaction
+_WORKERS = 8  # concurrent requests per adapter (requests' default pool holds 10 connections)
+
+
+def to_text(value: datetime) -> str:
+    """A timezone-aware time as fixed-width ISO-8601 in UTC: lexical order is time order."""
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def encode_key(value: str) -> str:
+    """``value`` usable as a PartitionKey or RowKey. Keys may not contain ``/ \\ # ?`` or control
+    characters, so everything but letters, digits, ``_.-~@`` is percent-encoded (injective, and
+    ids and addresses stay readable). A value too long for a key (1 KiB) becomes its hash, marked
+    with ``!``, which percent-encoding never produces."""
+    encoded = quote(value, safe="@")
+    if len(encoded) > 512:
+        return "!" + hashlib.sha256(value.encode()).hexdigest()
+    return encoded
+
+
+def _status(error: HttpResponseError) -> int | None:
+    return error.status_code
+
+
+class TableStore:
+    """The tables of one adapter, created on first use, and the calls it makes on them, with
+    the expected HTTP answers (409, 412, 404) turned into return values."""
+
+    def __init__(self, service: TableServiceClient, prefix: str, names: Iterable[str]) -> None:
+        if not _PREFIX.fullmatch(prefix):
+            raise ValueError(f"a table prefix is a letter then up to 47 letters or digits, got {prefix!r}")
+        self._service = service
+        self._names = {name: f"{prefix}{name}" for name in names}
+        too_long = [table for table in self._names.values() if len(table) > 63]
+        if too_long:
+            raise ValueError(f"table names are at most 63 characters: {too_long}")
+        self._clients: dict[str, TableClient] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def table(self, name: str) -> TableClient:
+        client = self._clients.get(name)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(name)
+                if client is None:
+                    client = self._service.create_table_if_not_exists(self._names[name])
+                    self._clients[name] = client
+        return client
+
+    # ------------------------------------------------------------------ single entities
+
+    def get(self, name: str, pk: str, rk: str, select: list[str] | None = None) -> TableEntity | None:
+        try:
+            return self.table(name).get_entity(pk, rk, select=select)
+        except HttpResponseError as error:
+            if _status(error) == 404:
+                return None
+            raise
+
+    def create(self, name: str, entity: dict[str, Any]) -> bool:
+        """False when an entity with these keys exists."""
+        try:
+            self.table(name).create_entity(entity)
+            return True
+        except HttpResponseError as error:
+            if _status(error) == 409:
+                return False
+            raise
+
+    def upsert(self, name: str, entity: dict[str, Any]) -> None:
+        self.table(name).upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> bool:
+        """Replace the entity only if it still has ``etag``; False when it changed or is gone."""
+        try:
+            self.table(name).update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            return True
+        except HttpResponseError as error:
+            if _status(error) in (404, 412):
+                return False
+            raise
+
+    def delete(self, name: str, pk: str, rk: str, etag: str | None = None) -> bool:
+        """Delete (only if it still has ``etag``, when given); False when it changed. A missing
+        entity counts as deleted (the SDK does not report it)."""
+        try:
+            if etag is None:
+                self.table(name).delete_entity(pk, rk)
+            else:
+                self.table(name).delete_entity(pk, rk, etag=etag, match_condition=MatchConditions.IfNotModified)
+            return True
+        except HttpResponseError as error:
+            if _status(error) == 412:
+                return False
+            raise
+
+    # ------------------------------------------------------------------ many entities
+
+    def query(
+        self,
+        name: str,
+        query_filter: str,
+        parameters: dict[str, Any] | None = None,
+        select: list[str] | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[TableEntity]:
+        """Entities in (PartitionKey, RowKey) order, fetched a page at a time as iterated."""
+        return iter(
+            self.table(name).query_entities(
+                query_filter, parameters=parameters, select=select, results_per_page=page_size
+            )
+        )
+
+    def scan(self, name: str, select: list[str] | None = None) -> Iterator[TableEntity]:
+        """Every entity of the table, a page at a time."""
+        return iter(self.table(name).list_entities(select=select))
+
+    def upsert_many(self, name: str, entities: Iterable[dict[str, Any]]) -> None:
+        """Upsert, one transaction per partition and hundred entities (a lone entity is a plain
+        write: a transaction costs twice as much)."""
+
+        def write(batch: list[dict[str, Any]]) -> None:
+            if len(batch) == 1:
+                self.upsert(name, batch[0])
+            else:
+                self.table(name).submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in batch])
+
+        self.map(write, list(_batches(entities)))
+
+    def delete_many(self, name: str, keys: Iterable[tuple[str, str]]) -> None:
+        """Delete whatever of these exists, one transaction per partition and hundred keys where
+        possible (a transaction fails as a whole when one entity is already gone)."""
+
+        def delete(batch: list[dict[str, Any]]) -> None:
+            if len(batch) > 1:
+                try:
+                    self.table(name).submit_transaction([("delete", e) for e in batch])
+                    return
+                except HttpResponseError as error:
+                    if _status(error) != 404:
+                        raise
+            for e in batch:
+                self.delete(name, e["PartitionKey"], e["RowKey"])
+
+        self.map(delete, list(_batches({"PartitionKey": pk, "RowKey": rk} for pk, rk in keys)))
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``[fn(item) for item in items]``, with up to a few requests in flight at once."""
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="table-store")
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _batches(entities: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    by_partition: dict[str, list[dict[str, Any]]] = {}
+    for entity in entities:
+        by_partition.setdefault(entity["PartitionKey"], []).append(entity)
+    for group in by_partition.values():
+        for start in range(0, len(group), _BATCH):
+            yield group[start : start + _BATCH]
+
+
+# ============================================================================ the ledger
+
+NOTIFICATIONS = "notifications"
+KEYS = "idempotencykeys"
+MESSAGE_IDS = "messageids"
+WINDOW = "window"
+FOLLOWUPS = "followups"
+PARKED = "parked"
+PARKED_EVENTS = "parkedevents"
+_TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_EVENTS)
+
+AWAITING = "awaiting"
+UNQUEUED = "unqueued"
+
+# A string property holds 64 KiB of UTF-16: 32,768 code units. ASCII is one unit a character;
+# anything else is at most two.
+_ASCII_PART = 32_000
+_TEXT_PART = 16_000
+# Room for the document in one entity (1 MiB, counted in UTF-16 like the strings), leaving the
+# rest for the other properties.
+_DOC_BUDGET = 960 * 1024
+
+# An index entry is stale, and readers delete it, once the notification it names was written this
+# much later than the entry: no writer that read the notification before writing the entry can
+# still succeed. The margin covers clock differences between storage partition servers.
+_STALE_MARGIN = timedelta(minutes=1)
+# An index entry whose notification does not exist, this long before the reader's cutoff, was left
+# by an ``add`` that crashed before creating the notification.
+_ORPHAN_AGE = timedelta(minutes=10)
+_ADD_TRIES = 5
+
+
+def _hour(value: datetime) -> str:
+    utc = value.astimezone(timezone.utc)
+    return f"{utc.year:04d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}"
+
+
+def _key_hash(idempotency_key: str) -> str:
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+
+def _pack(doc: str) -> dict[str, Any]:
+    """The document as ``doc0..docN`` string properties, compressed only if it would not fit."""
+    encoding = None
+    if doc.isascii():
+        size = 2 * len(doc)
+    else:
+        size = len(doc.encode("utf-16-le"))
+    if size > _DOC_BUDGET:
+        doc = base64.b64encode(zlib.compress(doc.encode(), 6)).decode("ascii")
+        encoding = "zlib"
+        if 2 * len(doc) > _DOC_BUDGET:
+            raise ValueError(f"the notification's document ({size} bytes) does not fit in one table entity")
+    step = _ASCII_PART if doc.isascii() else _TEXT_PART
+    parts = [doc[start : start + step] for start in range(0, len(doc), step)] or [""]
+    props: dict[str, Any] = {f"doc{i}": part for i, part in enumerate(parts)}
+    props["doc_parts"] = len(parts)
+    if encoding:
+        props["doc_encoding"] = encoding
+    return props
+
+
+def _unpack(entity: TableEntity) -> str:
+    doc = "".join(entity[f"doc{i}"] for i in range(entity["doc_parts"]))
+    if entity.get("doc_encoding") == "zlib":
+        doc = zlib.decompress(base64.b64decode(doc)).decode()
+    return doc
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """What the index tables say about a notification, as computed from it or as recorded on its
+    entity by the last save (so the next save knows which entries to move)."""
+
+    created: str
+    awaiting: str | None
+    unqueued: bool
+    message_ids: frozenset[str]
+
+    @classmethod
+    def of(cls, n: Notification) -> _Indexed:
+        waiting = [r.updated_at for r in n.recipients if r.status is RecipientStatus.SENT and r.updated_at]
+        return cls(
+            created=to_text(n.created_at),
+            awaiting=to_text(min(waiting)) if waiting else None,
+            unqueued=n.queued_at is None,
+            message_ids=frozenset(n.message_ids),
+        )
+
+    @classmethod
+    def recorded(cls, entity: TableEntity) -> _Indexed:
+        return cls(
+            created=entity["created_at"],
+            awaiting=entity.get("awaiting_since") or None,
+            unqueued=bool(entity["unqueued"]),
+            message_ids=frozenset(json.loads(entity["message_ids"])),
+        )
+
+    def followups(self, encoded_id: str) -> dict[str, str]:
+        """The ``followups`` entries this state needs: RowKey by partition."""
+        entries = {}
+        if self.awaiting:
+            entries[AWAITING] = f"{self.awaiting}|{encoded_id}"
+        if self.unqueued:
+            entries[UNQUEUED] = f"{self.created}|{encoded_id}"
+        return entries
+
+
+_INDEX_COLUMNS = ["version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash"]
+
+
+class TableLedger:
+    """The ``Ledger`` port over Azure Table Storage; see the module docstring for the layout."""
+
+    def __init__(self, service: TableServiceClient, *, prefix: str = "notify") -> None:
+        self._store = TableStore(service, prefix, _TABLES)
+
+    # ------------------------------------------------------------------ entities
+
+    @staticmethod
+    def _entity(n: Notification, version: int) -> dict[str, Any]:
+        indexed = _Indexed.of(n)
+        entity = {
+            "PartitionKey": encode_key(n.id),
+            "RowKey": "",
+            "version": version,
+            "channel": n.channel.value,
+            "status": n.status.value,
+            "created_at": indexed.created,
+            "awaiting_since": indexed.awaiting or "",
+            "unqueued": indexed.unqueued,
+            "reached_acs": n.reached_acs,
+            "message_ids": json.dumps(sorted(indexed.message_ids)),
+            **_pack(n.model_dump_json(exclude={"version"})),
+        }
+        if n.idempotency_key:
+            entity["idempotency_hash"] = _key_hash(n.idempotency_key)
+        return entity
+
+    @staticmethod
+    def _load(entity: TableEntity) -> Notification:
+        notification = Notification.model_validate_json(_unpack(entity))
+        notification.version = entity["version"]
+        return notification
+
+    @staticmethod
+    def _window_entry(n: Notification) -> dict[str, Any]:
+        return {
+            "PartitionKey": _hour(n.created_at),
+            "RowKey": f"{to_text(n.created_at)}|{encode_key(n.id)}",
+            "channel": n.channel.value,
+            "status": n.status.value,
+            "reached_acs": n.reached_acs,
+        }
+
+    def _write_ahead(self, items: list[tuple[Notification, _Indexed | None]]) -> None:
+        """Entries that make these notifications findable in their new state, before the write."""
+        followups, message_ids = [], []
+        for n, old in items:
+            new = _Indexed.of(n)
+            previous = old.followups(encode_key(n.id)) if old else {}
+            for partition, row in new.followups(encode_key(n.id)).items():
+                if previous.get(partition) != row:
+                    followups.append({"PartitionKey": partition, "RowKey": row, "id": n.id})
+            known = old.message_ids if old else frozenset()
+            message_ids += [
+                {"PartitionKey": encode_key(mid), "RowKey": "", "message_id": mid, "notification_id": n.id}
+                for mid in sorted(new.message_ids - known)
+            ]
+        if followups:
+            self._store.upsert_many(FOLLOWUPS, followups)
+        self._store.map(lambda e: self._store.upsert(MESSAGE_IDS, e), message_ids)
+
+    def _write_behind(self, items: list[tuple[Notification, _Indexed | None]]) -> None:
+        """After the write: drop entries the new state no longer has, record the window entry."""
+        stale = []
+        for n, old in items:
+            if old is None:
+                continue
+            current = _Indexed.of(n).followups(encode_key(n.id))
+            stale += [(p, row) for p, row in old.followups(encode_key(n.id)).items() if current.get(p) != row]
+        if stale:
+            self._store.delete_many(FOLLOWUPS, stale)
+        self._store.upsert_many(WINDOW, [self._window_entry(n) for n, _ in items])
+
+    # ------------------------------------------------------------------ add and get
+
+    def add(self, notification: Notification) -> Notification:
+        for _ in range(_ADD_TRIES):
+            if notification.idempotency_key:
+                holder = self._claim_key(notification)
+                if holder is not None:
+                    return holder
+            self._write_ahead([(notification, None)])
+            if not self._store.create(NOTIFICATIONS, self._entity(notification, 1)):
+                raise ConcurrencyConflict(notification.id)
+            if notification.idempotency_key and not self._holds_key(notification):
+                # Another add took the key over while ours was in flight (it found no holder):
+                # one key, one notification, so ours goes.
+                self._delete([(encode_key(notification.id), _Indexed.of(notification))])
+                continue
+            self._write_behind([(notification, None)])
+            notification.version = 1
+            return notification
+        raise ConcurrencyConflict(notification.id)
+
+    def _claim_key(self, n: Notification) -> Notification | None:
+        """Claim the idempotency key for ``n``: None once ``n`` holds it, else the notification
+        that does."""
+        key = _key_hash(n.idempotency_key)
+        claim = {"PartitionKey": key, "RowKey": "", "notification_id": n.id}
+        for _ in range(_ADD_TRIES):
+            if self._store.create(KEYS, claim):
+                return None
+            current = self._store.get(KEYS, key, "")
+            if current is None:
+                continue  # purged just now
+            if current["notification_id"] == n.id:
+                return None
+            for pause in (0.0, 0.05, 0.1, 0.2):
+                # The holder may be an add that is creating its notification right now.
+                time.sleep(pause)
+                holder = self.get(current["notification_id"])
+                if holder is not None:
+                    return holder
+            log.warning("taking over idempotency key %s from notification %s, which was never stored",
+                        key[:12], current["notification_id"])
+            if self._store.replace_if(KEYS, claim, current.metadata["etag"]):
+                return None
+        raise ConcurrencyConflict(n.id)
+
+    def _holds_key(self, n: Notification) -> bool:
+        current = self._store.get(KEYS, _key_hash(n.idempotency_key), "")
+        return current is not None and current["notification_id"] == n.id
+
+    def get(self, notification_id: str) -> Notification | None:
+        entity = self._store.get(NOTIFICATIONS, encode_key(notification_id), "")
+        return self._load(entity) if entity is not None else None
+
+    # ------------------------------------------------------------------ optimistic writes
+
+    def save(self, notification: Notification) -> None:
+        if self.save_many([notification]):
+            raise ConcurrencyConflict(notification.id)
+
+    def save_many(self, notifications: list[Notification]) -> list[Notification]:
+        if not notifications:
+            return []
+        current = self._store.map(
+            lambda n: self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS), notifications
+        )
+        lost: list[Notification] = []
+        candidates: list[tuple[Notification, TableEntity]] = []
+        for n, entity in zip(notifications, current):
+            if entity is None or entity["version"] != n.version:
+                lost.append(n)
+            else:
+                candidates.append((n, entity))
+        self._write_ahead([(n, _Indexed.recorded(e)) for n, e in candidates])
+        def write(candidate: tuple[Notification, TableEntity]) -> bool:
+            n, entity = candidate
+            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"])
+
+        written = self._store.map(write, candidates)
+        saved = []
+        for (n, entity), ok in zip(candidates, written):
+            if ok:
+                saved.append((n, _Indexed.recorded(entity)))
+            else:
+                lost.append(n)
+        self._write_behind(saved)
+        for n, _ in saved:
+            n.version += 1
+        lost_ids = {id(n) for n in lost}
+        return [n for n in notifications if id(n) in lost_ids]
+
+    # ------------------------------------------------------------------ message ids
+
+    def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
+        wanted = sorted(set(message_ids))
+        owners = self._store.map(
+            lambda mid: self._store.get(MESSAGE_IDS, encode_key(mid), "", select=["notification_id"]), wanted
+        )
+        owner_of = {mid: e["notification_id"] for mid, e in zip(wanted, owners) if e is not None}
+        ids = sorted(set(owner_of.values()))
+        loaded = {nid: n for nid, n in zip(ids, self._store.map(self.get, ids)) if n is not None}
+        # A mapping written ahead of a save that then lost its race names a notification that
+        # does not have the message id: not an owner.
+        return {
+            mid: loaded[nid]
+            for mid, nid in owner_of.items()
+            if nid in loaded and mid in loaded[nid].message_ids
+        }
+
+    # ------------------------------------------------------------------ parked reports
+
+    def park_reports(self, reports: Iterable[DeliveryReport], at: datetime) -> None:
+        unique = {r.event_id: r for r in reversed(list(reports))}
+
+        def park(report: DeliveryReport) -> None:
+            # The report first: the first parking wins (``parked_at`` included), and the lookup
+            # by event id is (re)written whatever happened before.
+            self._store.create(PARKED, {
+                "PartitionKey": encode_key(report.message_id),
+                "RowKey": encode_key(report.event_id),
+                "parked_at": to_text(at),
+                "report": report.model_dump_json(),
+            })
+            self._store.upsert(PARKED_EVENTS, {
+                "PartitionKey": encode_key(report.event_id),
+                "RowKey": "",
+                "message_id": report.message_id,
+            })
+
+        self._store.map(park, list(unique.values()))
+
+    @staticmethod
+    def _by_age(entities: Iterable[TableEntity]) -> list[TableEntity]:
+        return sorted(entities, key=lambda e: e["parked_at"])
+
+    def parked_reports_for(self, message_ids: Iterable[str]) -> list[DeliveryReport]:
+        wanted = sorted(set(message_ids))
+        partitions = self._store.map(
+            lambda mid: list(self._store.query(PARKED, "PartitionKey eq @pk", {"pk": encode_key(mid)})), wanted
+        )
+        return [DeliveryReport.model_validate_json(e["report"]) for e in self._by_age(e for p in partitions for e in p)]
+
+    def claimable_parked_reports(self, limit: int) -> list[DeliveryReport]:
+        # Parked reports are few and short-lived (claimed within a reconciliation, or expired after
+        # a day), so they are scanned; ownership is then checked a chunk of message ids at a time.
+        parked = self._by_age(self._store.scan(PARKED, select=["parked_at", "report"]))
+        claimable: list[DeliveryReport] = []
+        checked: dict[str, bool] = {}
+        position = 0
+        while position < len(parked) and len(claimable) < limit:
+            chunk = parked[position : position + max(limit, 50)]
+            position += len(chunk)
+            reports = [DeliveryReport.model_validate_json(e["report"]) for e in chunk]
+            unknown = {r.message_id for r in reports} - checked.keys()
+            owned = self.find_by_message_ids(unknown)
+            checked.update({mid: mid in owned for mid in unknown})
+            claimable += [r for r in reports if checked[r.message_id]]
+        return claimable[:limit]
+
+    def discard_parked_reports(self, event_ids: Iterable[str]) -> None:
+        def discard(event_id: str) -> None:
+            lookup = self._store.get(PARKED_EVENTS, encode_key(event_id), "")
+            if lookup is None:
+                return
+            self._store.delete(PARKED, encode_key(lookup["message_id"]), encode_key(event_id))
+            self._store.delete(PARKED_EVENTS, encode_key(event_id), "")
+
+        self._store.map(discard, sorted(set(event_ids)))
+
+    def expire_parked_reports(self, parked_before: datetime) -> int:
+        old = list(self._store.query(
+            PARKED, "parked_at lt @cutoff", {"cutoff": to_text(parked_before)}, select=["PartitionKey", "RowKey"]
+        ))
+        self._store.delete_many(PARKED, [(e["PartitionKey"], e["RowKey"]) for e in old])
+        self._store.map(lambda e: self._store.delete(PARKED_EVENTS, e["RowKey"], ""), old)
+        return len(old)
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def status_counts(
+        self, *, start: datetime, end: datetime, channel: Channel | None = None
+    ) -> dict[tuple[Channel, NotificationStatus, bool], int]:
+        if end <= start:
+            return {}
+        hours = []
+        hour = start.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        while hour < end:
+            hours.append(_hour(hour))
+            hour += timedelta(hours=1)
+        query_filter = "PartitionKey eq @pk and RowKey ge @start and RowKey lt @end"
+        parameters: dict[str, Any] = {"start": to_text(start), "end": to_text(end)}
+        if channel is not None:
+            query_filter += " and channel eq @channel"
+            parameters["channel"] = channel.value
+
+        def count(partition: str) -> list[tuple[str, str, bool]]:
+            rows = self._store.query(
+                WINDOW, query_filter, parameters | {"pk": partition}, select=["channel", "status", "reached_acs"],
+                page_size=1000,
+            )
+            return [(e["channel"], e["status"], bool(e["reached_acs"])) for e in rows]
+
+        counts: dict[tuple[Channel, NotificationStatus, bool], int] = {}
+        for rows in self._store.map(count, hours):
+            for ch, st, acs in rows:
+                group = (Channel(ch), NotificationStatus(st), acs)
+                counts[group] = counts.get(group, 0) + 1
+        return counts
+
+    def awaiting_reports(self, *, sent_before: datetime, limit: int) -> list[Notification]:
+        def applies(n: Notification) -> bool:
+            return any(
+                r.status is RecipientStatus.SENT and r.updated_at and r.updated_at <= sent_before for r in n.recipients
+            )
+
+        return self._followups(AWAITING, sent_before, limit, applies)
+
+    def unqueued(self, *, accepted_before: datetime, limit: int) -> list[Notification]:
+        def applies(n: Notification) -> bool:
+            return n.queued_at is None and n.created_at <= accepted_before
+
+        return self._followups(UNQUEUED, accepted_before, limit, applies)
+
+    def _followups(
+        self, partition: str, cutoff: datetime, limit: int, applies: Callable[[Notification], bool]
+    ) -> list[Notification]:
+        """Notifications named by the ``partition`` entries at or before ``cutoff``, oldest first,
+        checked against the notification itself (see the module docstring)."""
+        if limit < 1:
+            return []
+        entries = self._store.query(
+            FOLLOWUPS, "PartitionKey eq @pk and RowKey lt @end",
+            {"pk": partition, "end": to_text(cutoff + timedelta(microseconds=1))},
+            page_size=min(max(limit, 10), 1000),
+        )
+        found: dict[str, Notification] = {}
+        stale: list[TableEntity] = []
+        while len(found) < limit:
+            page = [e for _, e in zip(range(limit - len(found)), entries)]
+            if not page:
+                break
+            loaded = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), page)
+            for entry, entity in zip(page, loaded):
+                n = self._load(entity) if entity is not None else None
+                if n is not None and applies(n):
+                    found.setdefault(n.id, n)
+                if self._is_stale(partition, entry, n, entity, cutoff):
+                    stale.append(entry)
+        if stale:
+            self._store.map(
+                lambda e: self._store.delete(FOLLOWUPS, e["PartitionKey"], e["RowKey"], e.metadata["etag"]), stale
+            )
+        return list(found.values())[:limit]
+
+    @staticmethod
+    def _is_stale(partition: str, entry: TableEntity, n: Notification | None, entity: TableEntity | None,
+                  cutoff: datetime) -> bool:
+        if n is None:
+            return from_text(entry["RowKey"].split("|", 1)[0]) < cutoff - _ORPHAN_AGE
+        if _Indexed.of(n).followups(encode_key(n.id)).get(partition) == entry["RowKey"]:
+            return False
+        written, noted = entity.metadata.get("timestamp"), entry.metadata.get("timestamp")
+        return written is not None and noted is not None and written - noted > _STALE_MARGIN
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, *, accepted_before: datetime, limit: int) -> int:
+        purged = 0
+        if limit >= 1:
+            window = self._store.query(
+                WINDOW, "PartitionKey le @hour and RowKey lt @cutoff",
+                {"hour": _hour(accepted_before), "cutoff": to_text(accepted_before)},
+                select=["PartitionKey", "RowKey"], page_size=min(limit, 1000),
+            )
+            oldest = [e for _, e in zip(range(limit), window)]
+            ids = [e["RowKey"].split("|", 1)[1] for e in oldest]
+            entities = self._store.map(lambda pk: self._store.get(NOTIFICATIONS, pk, "", select=_INDEX_COLUMNS), ids)
+            existing = [(pk, e) for pk, e in zip(ids, entities) if e is not None]
+            keyed = [(pk, e) for pk, e in existing if e.get("idempotency_hash")]
+            self._store.map(lambda item: self._release_key(*item), keyed)
+            self._delete([(pk, _Indexed.recorded(e)) for pk, e in existing])
+            # The window entries last: a purge that stops half-way finds the rest next time.
+            self._store.delete_many(WINDOW, [(e["PartitionKey"], e["RowKey"]) for e in oldest])
+            purged = len(existing)
+        self.expire_parked_reports(accepted_before)
+        return purged
+
+    def _release_key(self, encoded_id: str, entity: TableEntity) -> None:
+        holder = self._store.get(KEYS, entity["idempotency_hash"], "")
+        if holder is not None and encode_key(holder["notification_id"]) == encoded_id:
+            self._store.delete(KEYS, entity["idempotency_hash"], "", holder.metadata["etag"])
+
+    def _delete(self, notifications: list[tuple[str, _Indexed]]) -> None:
+        """Delete notifications (by encoded id) with their message ids and follow-up entries."""
+        message_ids = [mid for _, indexed in notifications for mid in indexed.message_ids]
+        self._store.map(lambda mid: self._store.delete(MESSAGE_IDS, encode_key(mid), ""), message_ids)
+        self._store.delete_many(
+            FOLLOWUPS, [item for pk, indexed in notifications for item in indexed.followups(pk).items()]
+        )
+        self._store.map(lambda pk: self._store.delete(NOTIFICATIONS, pk, ""), [pk for pk, _ in notifications])
+
+    def close(self) -> None:
+        self._store.close()
