@@ -1,0 +1,19 @@
+// dev: the cheapest complete copy of production. Azure-managed email domain (no DNS to set up,
+// ACS's lowest quota), locally redundant storage, scale to zero.
+using '../main.bicep'
+
+param environmentName = 'dev'
+param dataLocation = 'Europe'
+param alertEmail = 'notify-dev-alerts@example.com'
+
+// The toll-free number bought on dev's ACS resource (docs/deploy.md, "Prerequisites").
+param smsSenders = '+18005550100'
+
+param storageSku = 'Standard_LRS'
+param logRetentionDays = 30
+param retentionDays = 30
+param alwaysReadyHttpInstances = 0
+
+// false for the very first deployment of an environment, before the code is published:
+// NOTIFY_SUBSCRIBE_DELIVERY_REPORTS=false az deployment group create ... (docs/deploy.md).
+param subscribeDeliveryReports = readEnvironmentVariable('NOTIFY_SUBSCRIBE_DELIVERY_REPORTS', 'true') == 'true'
