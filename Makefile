@@ -24,6 +24,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
+# Azurite (the Azure Storage emulator) for the Table Storage adapter's tests, from the npm registry.
+NODE_STAMP := node_modules/.installed
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js 20"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
 $(INFRA_STAMP): requirements-infra.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(INFRA_BIN)/python || $(PYTHON) -m venv $(INFRA_VENV)
@@ -44,7 +52,7 @@ run: $(STAMP)
 	$(BIN)/python -m shared run
 
 # The infrastructure checks run first, so pytest's summary stays the last thing printed.
-test: $(STAMP) check-infra
+test: $(STAMP) $(NODE_STAMP) check-infra
 	$(BIN)/python -m pytest
 
 clean:
