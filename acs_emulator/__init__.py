@@ -51,7 +51,9 @@ Error answers (ACS error body ``{"error": {"code", "message", "target"?}}`` and 
 * 400 ``TooManyRecipients``: more than 50 addresses in to + cc + bcc.
 * 400 ``DomainNotLinked``: the sender's domain is not in ``allowed_sender_domains`` (when set).
   (The real service's status code for this is not confirmed; 400 was chosen.)
-* 400 ``InvalidAttachment``: an attachment lacks name/contentType/contentInBase64 or is not base64.
+* 400 ``InvalidAttachment``: an attachment lacks name/contentType/contentInBase64, its contentType
+  is not of the form type/subtype, or its content is not base64. ``/emulator/messages`` records each
+  attachment's ``name``, ``contentType``, decoded ``size`` and ``sha256``, never the content.
 * 413 ``PayloadTooLarge``: the email request is over 10 MiB. ACS documents the 10 MB limit but not
   the answer; 413 was chosen so it is told apart from validation errors.
 * 404 ``NotFound``: unknown email operation id.

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -82,6 +83,9 @@ EMAIL_RETRY_AFTER_S = 1
 _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 EMAIL_ADDRESS = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
+#: type/subtype with RFC 6838 name characters. Whether ACS refuses types outside the list it
+#: documents is not confirmed, so the emulator checks only the form.
+MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 
 
 class AcsError(Exception):
@@ -329,7 +333,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 f"{config.max_email_request_bytes} bytes.",
             )
         message = parse_json_object(body)
-        sender, recipients = validate_email(message, config)
+        sender, recipients, attachments = validate_email(message, config)
 
         sender_domain = sender.rpartition("@")[2].lower()
         reports: dict[str, RecipientReport] = {}
@@ -355,10 +359,8 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 "subject": content.get("subject"),
                 "plainText": content.get("plainText"),
                 "html": content.get("html"),
-                "attachments": [
-                    {"name": a.get("name"), "contentType": a.get("contentType")}
-                    for a in message.get("attachments") or []
-                ],
+                # What arrived, not the content: name, type, decoded size and SHA-256.
+                "attachments": attachments,
                 "headers": message.get("headers") or {},
                 "apiVersion": version,
             },
@@ -601,8 +603,11 @@ def _address_list(value: Any, target: str, *, required: bool) -> list[str]:
     return out
 
 
-def validate_email(message: dict[str, Any], config: EmulatorConfig) -> tuple[str, list[tuple[str, str]]]:
-    """Check an EmailMessage body the way ACS does; returns the sender and (kind, address) pairs."""
+def validate_email(
+    message: dict[str, Any], config: EmulatorConfig
+) -> tuple[str, list[tuple[str, str]], list[dict[str, Any]]]:
+    """Check an EmailMessage body the way ACS does; returns the sender, (kind, address) pairs and
+    what the emulator records of each attachment."""
     sender = message.get("senderAddress")
     if not isinstance(sender, str) or not sender:
         raise _bad("senderAddress is required.", "senderAddress")
@@ -648,6 +653,7 @@ def validate_email(message: dict[str, Any], config: EmulatorConfig) -> tuple[str
         raise _bad("headers must map header names to strings.", "headers")
 
     attachments = message.get("attachments")
+    recorded: list[dict[str, Any]] = []
     if attachments is not None:
         if not isinstance(attachments, list):
             raise _bad("attachments must be an array.", "attachments")
@@ -658,15 +664,27 @@ def validate_email(message: dict[str, Any], config: EmulatorConfig) -> tuple[str
             for name in ("name", "contentType", "contentInBase64"):
                 if not isinstance(attachment.get(name), str) or not attachment[name]:
                     raise _bad(f"{where}.{name} is required.", f"{where}.{name}", "InvalidAttachment")
+            if not MIME_TYPE.match(attachment["contentType"]):
+                raise _bad(
+                    f"{where}.contentType is not a MIME type (type/subtype).", f"{where}.contentType", "InvalidAttachment"
+                )
             try:
-                base64.b64decode(attachment["contentInBase64"], validate=True)
+                content = base64.b64decode(attachment["contentInBase64"], validate=True)
             except (binascii.Error, ValueError):
                 raise _bad(
                     f"{where}.contentInBase64 is not valid base64.", f"{where}.contentInBase64", "InvalidAttachment"
                 ) from None
+            recorded.append(
+                {
+                    "name": attachment["name"],
+                    "contentType": attachment["contentType"],
+                    "size": len(content),
+                    "sha256": hashlib.sha256(content).hexdigest(),
+                }
+            )
 
     kinds = [("to", a) for a in to] + [("cc", a) for a in cc] + [("bcc", a) for a in bcc]
-    return sender, kinds
+    return sender, kinds, recorded
 
 
 def validate_sms(payload: dict[str, Any]) -> tuple[str, list[dict[str, Any]], str, dict[str, Any] | None]:

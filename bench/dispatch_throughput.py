@@ -82,7 +82,10 @@ def ours(endpoint: str, count: int, concurrency: int) -> float:
         cmd = parse_notification_request(
             {"channel": "email", "to": [f"bench{i}@example.com"], "subject": "Bench", "text": "Hello"}, settings=settings
         )
-        ids.append(submit_notification(cmd, ledger=services.ledger, publisher=services.publisher, clock=services.clock)[0].id)
+        notification, _ = submit_notification(
+            cmd, ledger=services.ledger, publisher=services.publisher, attachments=services.attachments, clock=services.clock
+        )
+        ids.append(notification.id)
 
     worker = Worker(services, poll_seconds=0.05)
     started = time.perf_counter()

@@ -69,6 +69,26 @@ class Services:
         return SqliteLedger(self.settings.data_dir / "ledger.sqlite3")
 
     @cached_property
+    def attachments(self):
+        """Attachment bytes: a blob container beside the Table ledger, a folder beside the SQLite one."""
+        s = self.settings
+        if s.ledger_backend == "table":
+            from azure.storage.blob import ContainerClient
+
+            from .adapters.blob_attachments import BlobAttachmentStore
+
+            # The ACS clients' options: no SDK retries (the storage SDK's backoff starts at 15 s,
+            # a sleep inside a request or a worker; intake answers 503 and the dispatcher
+            # reschedules through the queue), and timeouts that keep an attempt inside its lease.
+            container = ContainerClient.from_container_url(
+                s.attachments_container_url, credential=self.azure_credential, **self._acs_client_options()
+            )
+            return BlobAttachmentStore(container)
+        from .adapters.file_attachments import FileAttachmentStore
+
+        return FileAttachmentStore(s.data_dir / "attachments")
+
+    @cached_property
     def suppressions(self):
         if self.settings.ledger_backend == "table":
             from .adapters.table_suppressions import TableSuppressionList

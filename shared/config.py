@@ -7,13 +7,35 @@ names the setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROLES = ("sender", "operator", "eventgrid")
+
+#: ACS's limit on one email request, attachments included (its documents say 10 MB).
+ACS_EMAIL_REQUEST_BYTES = 10 * 1024 * 1024
+#: Attachment types accepted unless ATTACHMENT_CONTENT_TYPES says otherwise: common documents,
+#: images and ZIP, a subset of the types ACS documents as allowed; macro-enabled Office files and
+#: SVG, which can carry active content, are left out.
+DEFAULT_ATTACHMENT_CONTENT_TYPES = (
+    "application/pdf",
+    "text/plain",
+    "text/csv",
+    "text/calendar",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/zip",
+)
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
 class Settings(BaseSettings):
@@ -50,7 +72,19 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(900.0, alias="RETRY_MAX_SECONDS", gt=0)
     acs_timeout_seconds: float = Field(30.0, alias="ACS_TIMEOUT_SECONDS", gt=0)
     delivery_report_deadline_seconds: int = Field(3600, alias="DELIVERY_REPORT_DEADLINE_SECONDS", ge=1)
-    max_request_bytes: int = Field(256 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
+    # ACS's email limit: a request with attachments that ACS would take fits.
+    max_request_bytes: int = Field(ACS_EMAIL_REQUEST_BYTES, alias="MAX_REQUEST_BYTES", ge=1024)
+
+    # Email attachments. 7 MiB of content is 9.3 MiB once base64-encoded, which leaves room in
+    # ACS's 10 MB request for the body. 0 attachments (or no types) turns attachments off.
+    attachment_content_types: Annotated[list[str], NoDecode] = Field(
+        list(DEFAULT_ATTACHMENT_CONTENT_TYPES), alias="ATTACHMENT_CONTENT_TYPES"
+    )
+    attachments_max_count: int = Field(10, alias="ATTACHMENTS_MAX_COUNT", ge=0)
+    attachments_max_total_bytes: int = Field(7 * 1024 * 1024, alias="ATTACHMENTS_MAX_TOTAL_BYTES", ge=1)
+    # https://<account>.blob.core.windows.net/<container>: where attachments live with LEDGER_BACKEND=table
+    # (the app's identity needs Storage Blob Data Contributor on it). Locally they go to the data dir.
+    attachments_container_url: str | None = Field(None, alias="ATTACHMENTS_CONTAINER_URL")
 
     # Send quotas (0 = unlimited). Defaults are ACS's documented limits for a custom email domain
     # and a toll-free number; raise them only after ACS raised the subscription's quota.
@@ -94,6 +128,29 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one sender; the first is the default")
         return value
 
+    @field_validator("attachment_content_types", mode="before")
+    @classmethod
+    def _mime_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            types = [str(item).strip().lower() for item in value if str(item).strip()]
+            bad = [t for t in types if not _MIME_TYPE.fullmatch(t)]
+            if bad:
+                raise ValueError(f"not MIME types (type/subtype, comma-separated): {', '.join(bad)}")
+            return types
+        return value
+
+    @field_validator("attachments_container_url")
+    @classmethod
+    def _container_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = urlparse(value)
+        if url.scheme not in ("https", "http") or not url.netloc or not url.path.strip("/"):
+            raise ValueError("must be the container's URL: https://<account>.blob.core.windows.net/<container>")
+        return value.rstrip("/")
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.failure_rate_critical < self.failure_rate_warning:
@@ -112,8 +169,12 @@ class Settings(BaseSettings):
                 raise ValueError("LEDGER_BACKEND must be table in Azure: a SQLite file does not survive an instance")
             if self.queue_backend != "servicebus":
                 raise ValueError("QUEUE_BACKEND must be servicebus in Azure")
+            if self.attachments_container_url and not self.attachments_container_url.startswith("https://"):
+                raise ValueError("ATTACHMENTS_CONTAINER_URL must be https in Azure")
         if self.ledger_backend == "table" and not (self.tables_endpoint or self.tables_connection_string):
             raise ValueError("LEDGER_BACKEND=table needs TABLES_ENDPOINT (or TABLES_CONNECTION_STRING for Azurite)")
+        if self.ledger_backend == "table" and not self.attachments_container_url:
+            raise ValueError("LEDGER_BACKEND=table needs ATTACHMENTS_CONTAINER_URL (the blob container for email attachments)")
         if self.queue_backend == "servicebus" and not self.servicebus_namespace:
             raise ValueError("QUEUE_BACKEND=servicebus needs ServiceBusConnection__fullyQualifiedNamespace")
         self.parsed_dev_keys()  # fail at start-up, not on the first request

@@ -5,7 +5,16 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
-from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList, UnlimitedRateLimiter
+from tests.fakes import (
+    FakeAttachmentStore,
+    FakeClock,
+    FakeEmailSender,
+    FakeLedger,
+    FakePublisher,
+    FakeSmsSender,
+    FakeSuppressionList,
+    UnlimitedRateLimiter,
+)
 from shared.service.retry import RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +37,7 @@ def faked_services():
     services.clock = FakeClock()
     services.ledger = FakeLedger()
     services.queue = FakePublisher()
+    services.attachments = FakeAttachmentStore()
     services.email_sender = FakeEmailSender()
     services.sms_sender = FakeSmsSender()
     services.suppressions = FakeSuppressionList()
@@ -36,3 +46,13 @@ def faked_services():
     bootstrap.use(services)
     yield services
     bootstrap.use(None)
+
+
+@pytest.fixture(scope="session")
+def azurite_tables(tmp_path_factory):
+    """A connection string to Azurite's Table service, started once for the session (or the one
+    named by AZURITE_TABLE_CONNECTION_STRING); skips when Azurite is not installed."""
+    from tests import azurite
+
+    with azurite.table_endpoint(tmp_path_factory.mktemp("azurite")) as connection_string:
+        yield connection_string

@@ -257,3 +257,38 @@ class UnlimitedRateLimiter:
     def acquire(self, key: str, units: int, now: datetime) -> None:
         self.calls.append((key, units, now))
         return None
+
+
+class FakeAttachmentStore:
+    """The AttachmentStore port in memory: ``contents`` maps each reference to its bytes. Like the
+    real stores it raises ``AttachmentNotFound`` for a reference it does not hold; ``failures``
+    are raised one per call (any method) before it works again."""
+
+    def __init__(self) -> None:
+        self.contents: dict[str, bytes] = {}
+        self.failures: list[Exception] = []
+        self.deleted: list[str] = []
+
+    def _fail(self) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def put(self, notification_id: str, index: int, content: bytes) -> str:
+        self._fail()
+        ref = f"{notification_id}/{index}"
+        self.contents[ref] = bytes(content)
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        from shared.domain.errors import AttachmentNotFound
+
+        self._fail()
+        if ref not in self.contents:
+            raise AttachmentNotFound(ref)
+        return self.contents[ref]
+
+    def delete(self, notification_id: str) -> None:
+        self._fail()
+        self.deleted.append(notification_id)
+        for ref in [r for r in self.contents if r.startswith(f"{notification_id}/")]:
+            del self.contents[ref]

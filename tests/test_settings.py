@@ -31,6 +31,10 @@ def settings_with(**changes):
         ({"QUEUE_BACKEND": "servicebus"}, "ServiceBusConnection__fullyQualifiedNamespace"),
         ({"LEDGER_BACKEND": "mongodb"}, "LEDGER_BACKEND"),
         ({"FAILURE_RATE_WARNING": "0.05", "FAILURE_RATE_CRITICAL": "0.02"}, "FAILURE_RATE_CRITICAL"),
+        ({"ATTACHMENT_CONTENT_TYPES": "application/pdf,pdf"}, "ATTACHMENT_CONTENT_TYPES"),
+        ({"ATTACHMENTS_MAX_COUNT": "-1"}, "ATTACHMENTS_MAX_COUNT"),
+        ({"ATTACHMENTS_MAX_TOTAL_BYTES": "0"}, "ATTACHMENTS_MAX_TOTAL_BYTES"),
+        ({"ATTACHMENTS_CONTAINER_URL": "notify.blob.core.windows.net"}, "ATTACHMENTS_CONTAINER_URL"),
     ],
 )
 def test_an_invalid_setting_is_refused_by_name(changes, named):
@@ -57,6 +61,7 @@ AZURE = {
     "TABLES_ENDPOINT": "https://notify.table.core.windows.net",
     "QUEUE_BACKEND": "servicebus",
     "ServiceBusConnection__fullyQualifiedNamespace": "notify.servicebus.windows.net",
+    "ATTACHMENTS_CONTAINER_URL": "https://notify.blob.core.windows.net/attachments",
 }
 
 
@@ -73,6 +78,8 @@ def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
         ({"LEDGER_BACKEND": "sqlite"}, "LEDGER_BACKEND"),
         ({"QUEUE_BACKEND": "embedded"}, "QUEUE_BACKEND"),
         ({"NOTIFY_DEV_KEYS": "sender=abc"}, "NOTIFY_DEV_KEYS"),
+        ({"ATTACHMENTS_CONTAINER_URL": None}, "ATTACHMENTS_CONTAINER_URL"),
+        ({"ATTACHMENTS_CONTAINER_URL": "http://notify.blob.core.windows.net/attachments"}, "ATTACHMENTS_CONTAINER_URL"),
     ],
 )
 def test_in_azure_secrets_and_local_backends_are_refused_by_name(changes, named):
@@ -89,3 +96,21 @@ def test_in_azure_bootstrap_builds_the_service_bus_queue_and_identity_clients_wi
     assert type(credential).__name__ == "DefaultAzureCredential"
     assert services._acs_credential() is credential
     assert services.table_service.url.startswith("https://notify.table.core.windows.net")
+    assert type(services.attachments).__name__ == "BlobAttachmentStore"
+    assert services.attachments._container.url == "https://notify.blob.core.windows.net/attachments"
+
+
+def test_attachment_limits_default_to_what_fits_acs_10_mb_email_request():
+    settings = settings_with(MAX_REQUEST_BYTES=None)
+
+    assert settings.max_request_bytes == 10 * 1024 * 1024
+    assert settings.attachments_max_count == 10
+    assert settings.attachments_max_total_bytes == 7 * 1024 * 1024
+    # base64 turns 3 bytes into 4: the largest total allowed still fits ACS's limit once encoded.
+    assert 4 * -(-settings.attachments_max_total_bytes // 3) < settings.max_request_bytes
+    assert "application/pdf" in settings.attachment_content_types
+
+
+def test_attachment_content_types_are_a_comma_list_compared_in_lower_case():
+    settings = settings_with(ATTACHMENT_CONTENT_TYPES=" Application/PDF , text/plain,")
+    assert settings.attachment_content_types == ["application/pdf", "text/plain"]

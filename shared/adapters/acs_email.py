@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from urllib.parse import quote
@@ -39,6 +40,15 @@ def email_message(email: OutgoingEmail) -> dict[str, Any]:
     message: dict[str, Any] = {"senderAddress": email.sender, "recipients": recipients, "content": content}
     if email.reply_to:
         message["replyTo"] = _addresses(email.reply_to)
+    if email.attachments:
+        message["attachments"] = [
+            {
+                "name": a.name,
+                "contentType": a.content_type,
+                "contentInBase64": base64.b64encode(a.content).decode("ascii"),
+            }
+            for a in email.attachments
+        ]
     return message
 
 

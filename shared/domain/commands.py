@@ -10,6 +10,15 @@ from .model import Channel, DeliveryReport, InboundSms, Recipient
 
 
 @dataclass(frozen=True)
+class NewAttachment:
+    """An email attachment as the caller sent it, already decoded and checked."""
+
+    name: str
+    content_type: str
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class SubmitNotification:
     channel: Channel
     sender: str
@@ -20,6 +29,8 @@ class SubmitNotification:
     #: Already scoped to the caller, so two apps' keys never collide.
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: Email only. The bytes go to the attachment store; the ledger keeps their metadata.
+    attachments: list[NewAttachment] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

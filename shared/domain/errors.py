@@ -9,16 +9,21 @@ Every failure a handler can see is one of these. Adapters translate vendor excep
     ├── NotificationNotFound      answered 404
     ├── ConcurrencyConflict       an optimistic write lost a race; the caller re-reads and retries
     ├── LockLost                  a queue message's peek-lock expired before it was settled
-    └── SendError                 ACS refused or could not be reached
+    ├── AttachmentNotFound        the attachment store holds nothing under a reference
+    └── SendError                 ACS refused or could not be reached, or the send could not be made
         ├── TransientSendError    try again later (with backoff, honouring retry_after)
         │   ├── Throttled             429
         │   ├── ServiceUnavailable    5xx
-        │   └── SendTimeout           timeout or broken connection: ACS may have acted (ambiguous)
+        │   ├── SendTimeout           timeout or broken connection: ACS may have acted (ambiguous)
+        │   └── AttachmentStoreUnavailable  the attachment store could not be reached (ACS was not
+        │                                   called; at intake: answered 503)
         ├── PermanentSendError    sending again cannot help: dead-letter at once
         │   ├── RequestRejected       400: ACS found the payload invalid
         │   ├── PayloadTooLarge       413
         │   ├── SenderNotAllowed      unknown sender address or domain not verified
-        │   └── RecipientRefused      ACS refused one recipient (SMS per-recipient 400)
+        │   ├── RecipientRefused      ACS refused one recipient (SMS per-recipient 400)
+        │   └── AttachmentMissing     an attachment's content is gone from the store, or is not
+        │                             what was accepted (its SHA-256 differs)
         └── ConfigurationError    401/403: wrong key or missing role; never retried in a hot loop,
                                   dead-lettered with what to fix, so a replay after the fix works
 
@@ -65,6 +70,10 @@ class LockLost(NotifyError):
     pass
 
 
+class AttachmentNotFound(NotifyError):
+    pass
+
+
 class SendError(NotifyError):
     reason = "SendFailed"
 
@@ -107,6 +116,10 @@ class SendTimeout(TransientSendError):
     ambiguous = True
 
 
+class AttachmentStoreUnavailable(TransientSendError):
+    reason = "AttachmentStoreUnavailable"
+
+
 class PermanentSendError(SendError):
     reason = "PermanentFailure"
 
@@ -125,6 +138,10 @@ class SenderNotAllowed(PermanentSendError):
 
 class RecipientRefused(PermanentSendError):
     reason = "RecipientRefused"
+
+
+class AttachmentMissing(PermanentSendError):
+    reason = "AttachmentMissing"
 
 
 class ConfigurationError(SendError):

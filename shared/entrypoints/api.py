@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import bootstrap
-from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
+from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
 from . import triggers
@@ -88,12 +88,18 @@ def notification_view(n: Notification) -> dict[str, Any]:
         "history": [h.model_dump(mode="json", exclude_none=True) for h in n.history],
     }
     # The body stays in the ledger: the view shows what identifies it, not what it says.
-    canonical = json.dumps({k: v for k, v in n.content.items() if k != "template"}, sort_keys=True, ensure_ascii=False)
+    # Attachments count by what they are, not by where they are stored.
+    attachments = [{k: a[k] for k in ("name", "contentType", "size", "sha256")} for a in n.content.get("attachments", [])]
+    identifying = {k: v for k, v in n.content.items() if k not in ("template", "attachments")}
+    if attachments:
+        identifying["attachments"] = attachments
+    canonical = json.dumps(identifying, sort_keys=True, ensure_ascii=False)
     view["contentHash"] = "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     if "template" in n.content:
         view["template"] = n.content["template"]
     if n.channel is Channel.EMAIL:
         view["subject"] = n.content.get("subject")
+        view["attachments"] = attachments
     else:
         view["segments"] = n.content.get("segments")
         view["encoding"] = n.content.get("encoding")
@@ -144,6 +150,13 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     @api.exception_handler(NotificationNotFound)
     async def _not_found(_: Request, exc: NotificationNotFound) -> JSONResponse:
         return problem(404, "No notification with that id.")
+
+    @api.exception_handler(AttachmentStoreUnavailable)
+    async def _store_unavailable(_: Request, exc: AttachmentStoreUnavailable) -> JSONResponse:
+        log.warning("attachment store unavailable at intake: %s", exc.describe())
+        response = problem(503, "Attachments cannot be stored right now; try again (with the same Idempotency-Key).")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @api.exception_handler(_TooLarge)
     async def _too_large(_: Request, exc: _TooLarge) -> JSONResponse:
@@ -199,7 +212,12 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             body, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=principal.id
         )
         notification, created = await run_in_threadpool(
-            handlers.submit_notification, cmd, ledger=svc.ledger, publisher=svc.publisher, clock=svc.clock
+            handlers.submit_notification,
+            cmd,
+            ledger=svc.ledger,
+            publisher=svc.publisher,
+            attachments=svc.attachments,
+            clock=svc.clock,
         )
         location = f"/api/notifications/{notification.id}"
         return JSONResponse(

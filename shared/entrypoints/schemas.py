@@ -6,8 +6,11 @@ naming every bad field as a JSON pointer, so handlers never see malformed input.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import unicodedata
 from typing import Any, Literal
 
 import phonenumbers
@@ -15,7 +18,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import Settings
-from ..domain.commands import SubmitNotification
+from ..domain.commands import NewAttachment, SubmitNotification
 from ..domain.errors import FieldError, InvalidRequest
 from ..domain.model import Channel, Recipient
 from ..domain.sms import count_segments
@@ -26,6 +29,7 @@ MAX_SMS_RECIPIENTS = 100  # ACS limit per send request
 MAX_SMS_LENGTH = 2048  # ACS limit
 MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit
 MAX_METADATA_BYTES = 4096
+MAX_ATTACHMENT_NAME_LENGTH = 255  # what most file systems allow for a file name
 
 
 def normalise_email(value: str) -> str:
@@ -78,6 +82,44 @@ def _address(value: Any) -> Any:
     return {"address": value} if isinstance(value, str) else value
 
 
+def _file_name(value: str) -> str:
+    """A name a mail client can save as it is: no folders, nothing hidden, nothing invisible."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "/" in value or "\\" in value:
+        raise ValueError("must be a file name without a path (no / or \\)")
+    # Cc: control characters; Cf: invisible formatting, e.g. the right-to-left override that makes
+    # "invoice\u202efdp.exe" look like "invoiceexe.pdf"; Zl/Zp: line and paragraph separators.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in value):
+        raise ValueError("must not contain control or invisible formatting characters")
+    if value.startswith("."):
+        raise ValueError("must not start with a dot")
+    return value
+
+
+def _strict_base64(value: str) -> bytes:
+    """Standard base64 (RFC 4648 section 4) with padding, no line breaks, in its canonical form."""
+    try:
+        content = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be standard base64 with padding and no line breaks") from None
+    if base64.b64encode(content).decode("ascii") != value:
+        raise ValueError("must be standard base64 with padding and no line breaks")
+    return content
+
+
+class AttachmentIn(_Strict):
+    name: str = Field(max_length=MAX_ATTACHMENT_NAME_LENGTH)
+    contentType: str = Field(min_length=1, max_length=255)
+    #: Decoded (once) by ``_attachments``, which also checks the type and the sizes.
+    contentBase64: str = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _file_name(value)
+
+
 class TemplateRef(_Strict):
     name: str = Field(min_length=1, max_length=64)
     version: int | None = Field(None, ge=1)
@@ -95,6 +137,7 @@ class EmailRequest(_Strict):
     html: str | None = None
     template: TemplateRef | None = None
     replyTo: list[AddressIn] = Field(default_factory=list, max_length=10)
+    attachments: list[AttachmentIn] = Field(default_factory=list)
     sender: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -154,15 +197,46 @@ def _pointer(location: tuple[Any, ...]) -> str:
     return "/" + "/".join(str(part) for part in location) if location else "/"
 
 
-def _field_errors(exc: ValidationError) -> list[FieldError]:
+def _field_errors(exc: ValidationError, channel: str) -> list[FieldError]:
     errors = []
     for error in exc.errors(include_url=False):
         location = tuple(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
+            if location == ("attachments",) and channel == "sms":
+                message = "attachments are for email only"
         errors.append(FieldError(_pointer(location), message))
     return errors
+
+
+def _attachments(request: EmailRequest, settings: Settings, errors: list[FieldError]) -> list[NewAttachment]:
+    """Decode and check the attachments against the configured limits; bad ones become errors."""
+    given = request.attachments
+    if len(given) > settings.attachments_max_count:
+        errors.append(FieldError("/attachments", f"at most {settings.attachments_max_count} attachments"))
+        return []
+    allowed = set(settings.attachment_content_types)
+    accepted = []
+    for index, attachment in enumerate(given):
+        where = f"/attachments/{index}"
+        content_type = attachment.contentType.strip().lower()
+        if content_type not in allowed:
+            listed = ", ".join(sorted(allowed)) or "none"
+            errors.append(FieldError(f"{where}/contentType", f"is not an allowed attachment type (allowed: {listed})"))
+        try:
+            content = _strict_base64(attachment.contentBase64)
+        except ValueError as exc:
+            errors.append(FieldError(f"{where}/contentBase64", str(exc)))
+            continue
+        if not content:
+            errors.append(FieldError(f"{where}/contentBase64", "must not be empty"))
+            continue
+        accepted.append(NewAttachment(name=attachment.name, content_type=content_type, content=content))
+    total, limit = sum(len(a.content) for a in accepted), settings.attachments_max_total_bytes
+    if total > limit:
+        errors.append(FieldError("/attachments", f"{total} bytes together (decoded); the limit is {limit} bytes"))
+    return accepted
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -210,7 +284,7 @@ def parse_notification_request(
     try:
         request = model.model_validate(body)
     except ValidationError as exc:
-        raise InvalidRequest(_field_errors(exc)) from None
+        raise InvalidRequest(_field_errors(exc, channel)) from None
 
     errors: list[FieldError] = []
     if len(json.dumps(request.metadata)) > MAX_METADATA_BYTES:
@@ -241,8 +315,10 @@ def parse_notification_request(
             content["replyTo"] = [{"address": a.address, "display_name": a.displayName} for a in request.replyTo]
         sender = request.sender or template_sender or settings.default_email_sender
         sender_ok = sender.lower() in {s.lower() for s in allowed}
+        attachments = _attachments(request, settings, errors)
     else:
         allowed = settings.sms_senders
+        attachments = []
         recipients = [Recipient(address=number) for number in request.to]
         message = rendered.message if rendered is not None else request.message
         content = {"message": message}
@@ -285,7 +361,9 @@ def parse_notification_request(
         metadata=request.metadata,
         owner=caller,
         idempotency_key=f"{caller}:{idempotency_key}" if idempotency_key else None,
+        # Over the request as sent, attachments included: a different file is a different request.
         request_hash=request_hash(body),
+        attachments=attachments,
     )
 
 

@@ -36,6 +36,7 @@ def dispatch_queue_message(body: bytes | str) -> handlers.DispatchOutcome:
         email_sender=svc.email_sender,
         sms_sender=svc.sms_sender,
         publisher=svc.publisher,
+        attachments=svc.attachments,
         suppressions=svc.suppressions,
         rate_limiter=svc.rate_limiter,
         policy=svc.policy,

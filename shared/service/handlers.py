@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -13,13 +14,17 @@ from ..domain.commands import (
     ApplyInboundSms,
     DispatchNotification,
     FailureRateThresholds,
+    NewAttachment,
     Reconcile,
     SubmitNotification,
 )
 from ..domain.errors import (
+    AttachmentMissing,
+    AttachmentNotFound,
     ConcurrencyConflict,
     IdempotencyConflict,
     NotificationNotFound,
+    NotifyError,
     PermanentSendError,
     SendError,
     SendTimeout,
@@ -35,8 +40,10 @@ from ..domain.model import (
     Suppression,
 )
 from .ports import (
+    AttachmentStore,
     Clock,
     EmailAddress,
+    EmailAttachment,
     EmailSender,
     Ledger,
     MessagePublisher,
@@ -95,24 +102,37 @@ def _modify(ledger: Ledger, notification_id: str, change: Callable[[Notification
 
 
 def submit_notification(
-    cmd: SubmitNotification, *, ledger: Ledger, publisher: MessagePublisher, clock: Clock
+    cmd: SubmitNotification, *, ledger: Ledger, publisher: MessagePublisher, attachments: AttachmentStore, clock: Clock
 ) -> tuple[Notification, bool]:
     """Record and queue a notification. Returns it and whether it is new (False: an earlier
     request with the same idempotency key already created it)."""
     now = clock.now()
+    notification_id = str(uuid.uuid4())
+    content = dict(cmd.content)
+    if cmd.attachments:
+        # The bytes are stored before the ledger entry that points at them: a crash in between
+        # leaves an orphan in the store, which is harmless, never an entry that cannot be sent.
+        content["attachments"] = [
+            _store_attachment(attachments, notification_id, index, attachment)
+            for index, attachment in enumerate(cmd.attachments)
+        ]
     candidate = Notification.accept(
         channel=cmd.channel,
         sender=cmd.sender,
         recipients=cmd.recipients,
-        content=cmd.content,
+        content=content,
         metadata=cmd.metadata,
         at=now,
         idempotency_key=cmd.idempotency_key,
         request_hash=cmd.request_hash,
         owner=cmd.owner,
+        notification_id=notification_id,
     )
     stored = ledger.add(candidate)
     created = stored.id == candidate.id
+    if not created and cmd.attachments:
+        # The notification that holds the key has its own copies; these were never referenced.
+        _forget_attachments(attachments, candidate.id)
     if not created and stored.request_hash != cmd.request_hash:
         raise IdempotencyConflict(stored.id)
     if stored.queued_at is None:
@@ -122,6 +142,25 @@ def submit_notification(
     if created:
         log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
     return stored, created
+
+
+def _store_attachment(store: AttachmentStore, notification_id: str, index: int, attachment: NewAttachment) -> dict:
+    """Store one attachment's bytes; what the notification keeps of it."""
+    return {
+        "name": attachment.name,
+        "contentType": attachment.content_type,
+        "size": len(attachment.content),
+        "sha256": hashlib.sha256(attachment.content).hexdigest(),
+        "ref": store.put(notification_id, index, attachment.content),
+    }
+
+
+def _forget_attachments(store: AttachmentStore, notification_id: str) -> None:
+    """Best effort: what is left behind is an orphan in the store, never a wrong send."""
+    try:
+        store.delete(notification_id)
+    except NotifyError as exc:
+        log.warning("notification %s: attachments not deleted (%s)", notification_id, type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -154,6 +193,7 @@ def dispatch(
     email_sender: EmailSender,
     sms_sender: SmsSender,
     publisher: MessagePublisher,
+    attachments: AttachmentStore,
     suppressions: SuppressionList,
     rate_limiter: RateLimiter,
     policy: RetryPolicy,
@@ -199,7 +239,7 @@ def dispatch(
     attempt = notification.attempts
     try:
         if notification.channel is Channel.EMAIL:
-            _send_email(notification, email_sender, ledger, clock)
+            _send_email(notification, email_sender, attachments, ledger, clock)
         else:
             _send_sms(notification, sms_sender, ledger, clock)
         error = None
@@ -284,7 +324,22 @@ def _pending_addresses(n: Notification) -> tuple[list[EmailAddress], list[EmailA
     return to, cc, bcc
 
 
-def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger, clock: Clock) -> None:
+def _load_attachments(notification: Notification, store: AttachmentStore) -> list[EmailAttachment]:
+    loaded = []
+    for index, meta in enumerate(notification.content.get("attachments", [])):
+        try:
+            content = store.get(meta["ref"])
+        except AttachmentNotFound:
+            raise AttachmentMissing(f"attachment {index} is no longer in the attachment store") from None
+        if hashlib.sha256(content).hexdigest() != meta["sha256"]:
+            raise AttachmentMissing(f"attachment {index} in the store is not the content accepted (SHA-256 differs)")
+        loaded.append(EmailAttachment(meta["name"], meta["contentType"], content))
+    return loaded
+
+
+def _send_email(
+    notification: Notification, sender: EmailSender, attachments: AttachmentStore, ledger: Ledger, clock: Clock
+) -> None:
     operation_id = notification.email_operation_id
     message_id = None
     # An earlier attempt may have reached ACS before it failed or its worker died: ask ACS first,
@@ -306,6 +361,7 @@ def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger,
                 text=content.get("text"),
                 html=content.get("html"),
                 reply_to=[EmailAddress(**a) for a in content.get("replyTo", [])],
+                attachments=_load_attachments(notification, attachments),
             )
         )
 
@@ -314,6 +370,10 @@ def _send_email(notification: Notification, sender: EmailSender, ledger: Ledger,
         n.record_all_sent(clock.now(), message_id)
 
     _modify(ledger, notification.id, sent)
+    if notification.content.get("attachments"):
+        # Handed to ACS and recorded: nothing sends this notification again, so its bytes are no
+        # longer needed (the ledger keeps name, type, size and SHA-256).
+        _forget_attachments(attachments, notification.id)
 
 
 def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clock: Clock) -> None:

@@ -82,6 +82,28 @@ class Ledger(Protocol):
         their message ids, and parked reports older than it; returns how many notifications."""
 
 
+# ---------------------------------------------------------------------------- attachments
+
+
+class AttachmentStore(Protocol):
+    """The bytes of email attachments, kept outside the ledger and the queue (a Table Storage
+    entity holds at most 1 MiB, a Service Bus message 256 KB). The notification keeps each
+    attachment's metadata and the reference ``put`` returned.
+
+    * ``put`` stores one attachment of a notification; putting the same index again replaces it.
+    * ``get`` returns the bytes, or raises ``AttachmentNotFound`` when the reference names nothing.
+    * ``delete`` removes every attachment of a notification; deleting what is not there is no error.
+
+    Failures to reach the store raise ``AttachmentStoreUnavailable`` (transient).
+    """
+
+    def put(self, notification_id: str, index: int, content: bytes) -> str: ...
+
+    def get(self, ref: str) -> bytes: ...
+
+    def delete(self, notification_id: str) -> None: ...
+
+
 # ---------------------------------------------------------------------------- templates
 
 
@@ -213,6 +235,13 @@ class EmailAddress:
 
 
 @dataclass(frozen=True)
+class EmailAttachment:
+    name: str
+    content_type: str
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class OutgoingEmail:
     operation_id: str
     sender: str
@@ -223,6 +252,7 @@ class OutgoingEmail:
     text: str | None
     html: str | None
     reply_to: list[EmailAddress] = field(default_factory=list)
+    attachments: list[EmailAttachment] = field(default_factory=list)
 
 
 class EmailSender(Protocol):

@@ -1,5 +1,7 @@
 """The local stack, driven over HTTP the way a user drives it."""
 
+import base64
+import hashlib
 import uuid
 
 import httpx
@@ -88,7 +90,8 @@ def test_a_notification_without_a_report_stays_sent(stack):
         (b'{"channel": "email", "to": ["MARKER@example.com"], "subject": "s", "text": "t", "bogus": 1}', "application/json", 422),
         (b'{"channel": "sms", "to": ["555-1234"], "message": "MARKER"}', "application/json", 422),
         (b'{"channel": "sms", "to": ["+14255551234"], "message": ""}', "application/json", 422),
-        (b'{"channel": "email", "to": ["MARKER@example.com"], "subject": "s", "text": "' + b"x" * 300_000 + b'"}', "application/json", 413),
+        # Over MAX_REQUEST_BYTES, 10 MiB by default (ACS's limit for an email with its attachments).
+        (b'{"channel": "email", "to": ["MARKER@example.com"], "subject": "s", "text": "' + b"x" * 10_500_000 + b'"}', "application/json", 413),
     ],
 )
 def test_bad_input_gets_its_status_and_sends_nothing(stack, body, content_type, status):
@@ -175,3 +178,30 @@ def test_an_sms_stop_reply_opts_the_number_out_of_later_notifications(stack):
 
     assert notification["recipients"][0]["reason"].startswith("OnSuppressionList: OptedOut")
     assert number not in str(stack.emulator_messages("sms"))
+
+
+def test_an_email_with_a_pdf_attachment_is_delivered_and_reaches_acs_with_the_attachment(stack):
+    pdf = (
+        b"%PDF-1.4\n1 0 obj <</Type /Catalog /Pages 2 0 R>> endobj\n2 0 obj <</Type /Pages /Kids [] /Count 0>> endobj\n"
+        b"trailer <</Root 1 0 R>>\n%%EOF\n"
+    )
+    address = unique()
+    accepted = stack.send(
+        {
+            "channel": "email",
+            "to": [address],
+            "subject": "Your invoice",
+            "text": "Your invoice is attached.",
+            "attachments": [{"name": "invoice.pdf", "contentType": "application/pdf", "contentBase64": base64.b64encode(pdf).decode()}],
+        }
+    )
+    assert accepted.status_code == 202, accepted.text
+
+    notification = stack.wait_for_status(accepted.json()["id"], "delivered")
+
+    described = {"name": "invoice.pdf", "contentType": "application/pdf", "size": len(pdf), "sha256": hashlib.sha256(pdf).hexdigest()}
+    assert notification["attachments"] == [described]
+    [message] = emails_to(stack, address)
+    assert message["attachments"] == [described]
+    # Handed to ACS: the local store no longer holds the bytes.
+    assert not (stack.data_dir / "attachments" / notification["id"]).exists()

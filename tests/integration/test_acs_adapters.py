@@ -7,10 +7,12 @@ what really reached "ACS", so a retry hidden inside the SDK would show up as an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -40,7 +42,7 @@ from shared.domain.errors import (
     Throttled,
     TransientSendError,
 )
-from shared.service.ports import EmailAddress, OutgoingEmail, OutgoingSms, SmsRecipientRequest
+from shared.service.ports import EmailAddress, EmailAttachment, OutgoingEmail, OutgoingSms, SmsRecipientRequest
 from tests.conftest import SETTINGS
 
 SENDER = "DoNotReply@contoso.com"
@@ -278,6 +280,29 @@ def test_an_email_over_the_10_mb_limit_raises_payload_too_large(emulator):
 
     assert isinstance(error.value, PermanentSendError)
     assert error.value.status_code == 413
+
+
+def test_an_email_with_an_attachment_reaches_acs_with_its_bytes_intact(emulator):
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
+    email = replace(outgoing_email(), attachments=[EmailAttachment("invoice.pdf", "application/pdf", pdf)])
+
+    message_id = email_sender(emulator).send(email)
+
+    (recorded,) = messages(emulator, "email")
+    assert recorded["operationId"] == message_id == email.operation_id
+    assert recorded["attachments"] == [
+        {"name": "invoice.pdf", "contentType": "application/pdf", "size": len(pdf), "sha256": hashlib.sha256(pdf).hexdigest()}
+    ]
+
+
+def test_an_attachment_acs_refuses_raises_request_rejected(emulator):
+    email = replace(outgoing_email(), attachments=[EmailAttachment("invoice.pdf", "pdf", b"%PDF")])
+
+    with pytest.raises(RequestRejected) as error:
+        email_sender(emulator).send(email)
+
+    assert (error.value.status_code, error.value.code) == (400, "InvalidAttachment")
+    assert messages(emulator, "email") == []
 
 
 def test_a_sender_whose_domain_is_not_linked_raises_sender_not_allowed(contoso_only_emulator):

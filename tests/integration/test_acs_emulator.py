@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import threading
 import time
@@ -304,6 +305,47 @@ def test_an_email_over_10_mb_is_refused_with_413(emulator):
 
     assert error.value.status_code == 413
     assert error.value.error.code == "PayloadTooLarge"
+
+
+def test_an_email_with_attachments_is_recorded_with_each_attachments_name_type_size_and_sha256(emulator):
+    body = email([address("alice")])
+    pdf, csv = b"%PDF-1.4 minimal", b"id,total\n1,9.99\n"
+    body["attachments"] = [
+        {"name": "invoice.pdf", "contentType": "application/pdf", "contentInBase64": base64.b64encode(pdf).decode()},
+        {"name": "lines.csv", "contentType": "text/csv", "contentInBase64": base64.b64encode(csv).decode()},
+    ]
+
+    email_client(emulator).begin_send(body, polling=False).result()
+
+    [recorded] = messages(emulator, "email")
+    assert recorded["attachments"] == [
+        {"name": "invoice.pdf", "contentType": "application/pdf", "size": len(pdf), "sha256": hashlib.sha256(pdf).hexdigest()},
+        {"name": "lines.csv", "contentType": "text/csv", "size": len(csv), "sha256": hashlib.sha256(csv).hexdigest()},
+    ]
+    assert "contentInBase64" not in str(recorded)
+
+
+@pytest.mark.parametrize(
+    "attachment",
+    [
+        {"contentType": "application/pdf", "contentInBase64": "YWI="},
+        {"name": "a.pdf", "contentInBase64": "YWI="},
+        {"name": "a.pdf", "contentType": "application/pdf"},
+        {"name": "a.pdf", "contentType": "pdf", "contentInBase64": "YWI="},
+        {"name": "a.pdf", "contentType": "application/pdf", "contentInBase64": "not base64!"},
+        "a.pdf",
+    ],
+    ids=["no name", "no content type", "no content", "content type not type/subtype", "not base64", "not an object"],
+)
+def test_an_invalid_attachment_is_refused_with_400_invalid_attachment(emulator, attachment):
+    body = email([address("alice")])
+    body["attachments"] = [attachment]
+
+    with pytest.raises(HttpResponseError) as error:
+        email_client(emulator, retry_total=0).begin_send(body, polling=False).result()
+
+    assert (error.value.status_code, error.value.error.code) == (400, "InvalidAttachment")
+    assert messages(emulator) == []
 
 
 def test_a_sender_whose_domain_is_not_linked_is_refused_with_domain_not_linked():

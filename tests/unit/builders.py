@@ -8,7 +8,16 @@ from shared.domain.commands import SubmitNotification
 from shared.domain.model import Channel, Recipient
 from shared.service import handlers
 from shared.service.retry import RetryPolicy
-from tests.fakes import FakeClock, FakeEmailSender, FakeLedger, FakePublisher, FakeSmsSender, FakeSuppressionList, UnlimitedRateLimiter
+from tests.fakes import (
+    FakeAttachmentStore,
+    FakeClock,
+    FakeEmailSender,
+    FakeLedger,
+    FakePublisher,
+    FakeSmsSender,
+    FakeSuppressionList,
+    UnlimitedRateLimiter,
+)
 
 
 def email_command(*to: str, key: str | None = None, request_hash: str = "h1") -> SubmitNotification:
@@ -39,6 +48,7 @@ class World:
         self.clock = FakeClock()
         self.ledger = FakeLedger()
         self.publisher = FakePublisher()
+        self.attachments = FakeAttachmentStore()
         self.email = FakeEmailSender()
         self.sms = FakeSmsSender()
         self.suppressions = FakeSuppressionList()
@@ -48,7 +58,9 @@ class World:
         self.policy = RetryPolicy(max_attempts=max_attempts, base_seconds=2, max_seconds=60, uniform=lambda lo, hi: hi)
 
     def submit(self, cmd: SubmitNotification):
-        return handlers.submit_notification(cmd, ledger=self.ledger, publisher=self.publisher, clock=self.clock)
+        return handlers.submit_notification(
+            cmd, ledger=self.ledger, publisher=self.publisher, attachments=self.attachments, clock=self.clock
+        )
 
     def dispatch(self, notification_id: str, attempt: int = 1):
         from shared.domain.commands import DispatchNotification
@@ -59,6 +71,7 @@ class World:
             email_sender=self.email,
             sms_sender=self.sms,
             publisher=self.publisher,
+            attachments=self.attachments,
             suppressions=self.suppressions,
             rate_limiter=self.rate_limiter,
             policy=self.policy,
