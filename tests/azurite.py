@@ -29,7 +29,6 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableServiceClient
 
 ROOT = Path(__file__).resolve().parents[1]
-AZURITE_TABLE = ROOT / "node_modules" / ".bin" / "azurite-table"
 CONNECTION_STRING_VARIABLE = "AZURITE_TABLE_CONNECTION_STRING"
 
 #: Azurite's fixed development account (public, documented by Microsoft; not a secret).
@@ -52,14 +51,48 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, path: str = "Tables") -> bool:
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/{ACCOUNT}/Tables", timeout=1)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/{ACCOUNT}/{path}", timeout=1)
     except urllib.error.HTTPError:
         return True  # an unsigned request is refused (403), which is an answer
     except OSError:
         return False
     return True
+
+
+@contextmanager
+def running(service: str, workdir: Path) -> Iterator[int]:
+    """Start ``node_modules/.bin/azurite-<service>`` (table or blob) in memory on a free port, wait
+    until it answers, and yield the port; skips when Azurite is not installed."""
+    binary = ROOT / "node_modules" / ".bin" / f"azurite-{service}"
+    if not binary.exists():
+        pytest.skip(f"Azurite is not installed (node_modules/.bin/azurite-{service}): run `npm ci`")
+    port = _free_port()
+    output = workdir / f"azurite-{service}.log"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                str(binary), "--inMemoryPersistence", f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
+                # The SDKs may speak a newer API version than this Azurite release knows.
+                "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent",
+            ],
+            cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not _answers(port, "Tables" if service == "table" else "?comp=list"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Azurite did not start on port {port}:\n{output.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -69,32 +102,8 @@ def table_endpoint(workdir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    if not AZURITE_TABLE.exists():
-        pytest.skip("Azurite is not installed: run `npm ci`")
-    port = _free_port()
-    output = workdir / "azurite-table.log"
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                str(AZURITE_TABLE), "--inMemoryPersistence", "--tableHost", "127.0.0.1", "--tablePort", str(port),
-                "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent",
-            ],
-            cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Azurite did not start on port {port}:\n{output.read_text(errors='replace')}")
-            time.sleep(0.1)
+    with running("table", workdir) as port:
         yield connection_string(port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def drop_tables(service: TableServiceClient, prefix: str) -> None:

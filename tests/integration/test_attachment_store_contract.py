@@ -10,13 +10,7 @@ Tests at the bottom are about one adapter only.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -24,68 +18,21 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from shared.adapters.blob_attachments import BlobAttachmentStore
 from shared.adapters.file_attachments import FileAttachmentStore
 from shared.domain.errors import AttachmentNotFound, AttachmentStoreUnavailable, ConfigurationError
+from tests import azurite
 from tests.fakes import FakeAttachmentStore
-
-ROOT = Path(__file__).resolve().parents[2]
-AZURITE_BLOB = ROOT / "node_modules" / ".bin" / "azurite-blob"
-#: Azurite's fixed development account (public, documented by Microsoft; not a secret).
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 # ---------------------------------------------------------------------------- Azurite (blob)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/{ACCOUNT}?comp=list", timeout=1)
-    except urllib.error.HTTPError:
-        return True  # an unsigned request is refused, which is an answer
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def azurite_blobs(tmp_path_factory):
     """A connection string to Azurite's Blob service, in memory on a free port, for this module."""
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed (node_modules/.bin/azurite-blob): run `npm ci`")
-    workdir = tmp_path_factory.mktemp("azurite-blob")
-    port = _free_port()
-    log = workdir / "azurite-blob.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                str(AZURITE_BLOB), "--inMemoryPersistence", "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                # The SDK may speak a newer API version than this Azurite release knows.
-                "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent",
-            ],
-            cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Azurite did not start on port {port}:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
+    with azurite.running("blob", tmp_path_factory.mktemp("azurite-blob")) as port:
         yield (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+            f"DefaultEndpointsProtocol=http;AccountName={azurite.ACCOUNT};AccountKey={azurite.ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{azurite.ACCOUNT};"
         )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def fresh_container(request: pytest.FixtureRequest) -> ContainerClient:
@@ -208,9 +155,9 @@ def test_a_file_store_that_cannot_write_raises_attachment_store_unavailable(tmp_
 
 
 def test_an_unreachable_blob_service_raises_attachment_store_unavailable():
-    port = _free_port()  # nothing listens there any more: connection refused
+    port = azurite._free_port()  # nothing listens there any more: connection refused
     container = ContainerClient.from_container_url(
-        f"http://127.0.0.1:{port}/{ACCOUNT}/attachments", retry_total=0, connection_timeout=2
+        f"http://127.0.0.1:{port}/{azurite.ACCOUNT}/attachments", retry_total=0, connection_timeout=2
     )
     store = BlobAttachmentStore(container)
 
@@ -235,7 +182,7 @@ def test_a_missing_blob_container_is_a_configuration_error_not_a_missing_attachm
 
 def test_a_wrong_account_key_is_a_configuration_error(request):
     connection_string = request.getfixturevalue("azurite_blobs")
-    wrong = connection_string.replace(ACCOUNT_KEY, "d3Jvbmcta2V5" * 4)
+    wrong = connection_string.replace(azurite.ACCOUNT_KEY, "d3Jvbmcta2V5" * 4)
     container = fresh_container(request)
     store = BlobAttachmentStore(ContainerClient.from_connection_string(wrong, container.container_name, retry_total=0))
 
