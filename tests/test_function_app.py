@@ -6,7 +6,6 @@ import re
 from datetime import datetime, timezone
 
 import azure.functions as func
-import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
 import function_app

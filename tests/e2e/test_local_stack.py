@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.stack import EVENTGRID, OPERATOR, LocalStack, wait_until
+from tests.e2e.stack import EVENTGRID, OPERATOR, LocalStack
 
 pytestmark = pytest.mark.e2e
 

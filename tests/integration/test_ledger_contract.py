@@ -29,7 +29,6 @@ from shared.domain.model import (
     Notification,
     NotificationStatus,
     Recipient,
-    RecipientStatus,
 )
 from shared.service.ports import Ledger
 from tests import azurite
