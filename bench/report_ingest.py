@@ -211,6 +211,7 @@ def main() -> None:
           f"(batches: {', '.join(f'{r:,.0f}' for r in rates['batched'])})")
     print(f"ratio: {ours / base:.1f}x")
     print(f"target: at least {TARGET:,.0f} events/s batched: {'met' if ours >= TARGET else 'NOT met'}")
+    print(f"RESULT report_ingest_embedded_events_per_s {ours:.0f} >={TARGET:.0f} {'met' if ours >= TARGET else 'missed'}")
 
 
 if __name__ == "__main__":
