@@ -45,6 +45,9 @@ class FakeLedger:
         self.rows[notification.id] = self._copy(notification)
         return notification
 
+    def add_many(self, notifications: list[Notification]) -> list[Notification]:
+        return [self.add(n) for n in notifications]
+
     def get(self, notification_id: str) -> Notification | None:
         stored = self.rows.get(notification_id)
         return self._copy(stored) if stored else None
@@ -138,6 +141,10 @@ class FakePublisher:
             error, self.fail_next = self.fail_next, None
             raise error
         self.sent.append(message)
+
+    def send_many(self, messages: list[OutgoingMessage]) -> None:
+        for message in messages:
+            self.send(message)
 
 
 @dataclass

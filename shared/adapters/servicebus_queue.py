@@ -292,6 +292,12 @@ class ServiceBusQueue:
 
     # ------------------------------------------------------------------ publisher
 
+    def send_many(self, messages: list[OutgoingMessage]) -> None:
+        # Scheduled and immediate messages take different calls in the SDK; one at a time keeps
+        # each message's id, properties and schedule exactly as send() sets them.
+        for message in messages:
+            self.send(message)
+
     def send(self, message: OutgoingMessage) -> None:
         self._send(lambda: _outgoing(message))
 

@@ -129,6 +129,29 @@ class SqliteLedger:
         notification.version = 1
         return notification
 
+    def add_many(self, notifications: list[Notification]) -> list[Notification]:
+        stored: list[Notification] = []
+        with self._transaction() as db:
+            for n in notifications:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
+                    " queued, reached_acs, awaiting_since, version, doc) VALUES (:id, :channel, :status, :created_at,"
+                    " :updated_at, :idempotency_key, :queued, :reached_acs, :awaiting_since, 1, :doc)",
+                    self._columns(n),
+                )
+                if cursor.rowcount == 0:  # the key is held (maybe by an earlier item of this list)
+                    row = db.execute(
+                        "SELECT doc, version FROM notifications WHERE idempotency_key = ?", (n.idempotency_key,)
+                    ).fetchone()
+                    if row is None:
+                        raise sqlite3.IntegrityError(f"notification {n.id} exists")
+                    stored.append(self._load(*row))
+                    continue
+                self._index_message_ids(db, n)
+                n.version = 1
+                stored.append(n)
+        return stored
+
     def _by_idempotency_key(self, key: str | None) -> Notification | None:
         if key is None:
             return None

@@ -449,6 +449,10 @@ class TableLedger:
 
     # ------------------------------------------------------------------ add and get
 
+    def add_many(self, notifications: list[Notification]) -> list[Notification]:
+        # Each notification is its own partition, so there is no transaction to share.
+        return [self.add(n) for n in notifications]
+
     def add(self, notification: Notification) -> Notification:
         for _ in range(_ADD_TRIES):
             if notification.idempotency_key:

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import bootstrap
+from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
@@ -29,6 +30,7 @@ from .schemas import openapi_request_schema, parse_notification_request
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
+MAX_BATCH_ITEMS = 100
 
 
 class _TooLarge(Exception):
@@ -104,6 +106,144 @@ def notification_view(n: Notification) -> dict[str, Any]:
         view["segments"] = n.content.get("segments")
         view["encoding"] = n.content.get("encoding")
     return view
+
+
+# ------------------------------------------------------------------------------ batch intake
+
+
+def _problem_body(status: int, detail: str, *, errors: list[FieldError] | None = None, **extra: Any) -> dict[str, Any]:
+    """The problem object the single route would answer with, as a value inside a batch result."""
+    return json.loads(problem(status, detail, errors=errors, **extra).body)
+
+
+def _batch_items(body: Any) -> list[Any]:
+    """The batch body's items, or ``InvalidRequest`` for the whole request."""
+    if not isinstance(body, dict):
+        raise InvalidRequest([FieldError("/", "the body must be a JSON object with a 'notifications' list")])
+    unknown = sorted(set(body) - {"notifications"})
+    if unknown:
+        raise InvalidRequest([FieldError(f"/{name}", "unknown field") for name in unknown])
+    items = body.get("notifications")
+    if not isinstance(items, list):
+        raise InvalidRequest([FieldError("/notifications", "must be a list of notification requests")])
+    if not items:
+        raise InvalidRequest([FieldError("/notifications", "must hold at least one notification")])
+    if len(items) > MAX_BATCH_ITEMS:
+        raise InvalidRequest(
+            [FieldError("/notifications", f"at most {MAX_BATCH_ITEMS} notifications per batch (got {len(items)})")]
+        )
+    return items
+
+
+def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> SubmitNotification:
+    """One item, validated exactly as the single route validates a body plus its Idempotency-Key
+    header; the key travels in the item as ``idempotencyKey`` and is not part of the body hash."""
+    if not isinstance(item, dict):
+        raise InvalidRequest([FieldError("/", "each notification must be a JSON object")])
+    key_errors: list[FieldError] = []
+    key = None
+    if "idempotencyKey" in item:
+        item = dict(item)
+        key = item.pop("idempotencyKey")
+        if not isinstance(key, str) or not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
+            key_errors.append(FieldError("/idempotencyKey", f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"))
+            key = None
+    try:
+        cmd = parse_notification_request(item, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=caller_id)
+    except InvalidRequest as exc:
+        raise InvalidRequest(key_errors + exc.errors, exc.detail) from None
+    if key_errors:
+        raise InvalidRequest(key_errors)
+    return cmd
+
+
+def _submit_batch(items: list[Any], svc: bootstrap.Services, caller_id: str) -> list[dict[str, Any]]:
+    """Validate every item, then write the valid ones in order; one result per item, in order.
+
+    Runs in one threadpool hop for the whole batch. A failing item never stops the others and
+    nothing is stored or queued for it."""
+    results: list[dict[str, Any]] = []
+    valid: list[tuple[dict[str, Any], SubmitNotification]] = []
+    for index, item in enumerate(items):
+        result: dict[str, Any] = {"index": index}
+        results.append(result)
+        try:
+            valid.append((result, _parse_batch_item(item, svc, caller_id)))
+        except InvalidRequest as exc:
+            result |= {"status": 422, "problem": _problem_body(422, exc.detail, errors=exc.errors)}
+    outcomes = handlers.submit_notifications(
+        [cmd for _, cmd in valid], ledger=svc.ledger, publisher=svc.publisher, attachments=svc.attachments, clock=svc.clock
+    )
+    for (result, _), outcome in zip(valid, outcomes):
+        if isinstance(outcome, IdempotencyConflict):
+            result |= {"status": 409, "problem": _problem_body(409, str(outcome), existingId=outcome.existing_id)}
+        elif isinstance(outcome, AttachmentStoreUnavailable):
+            log.warning("attachment store unavailable at batch intake: %s", outcome.describe())
+            detail = "Attachments cannot be stored right now; try again (with the same idempotencyKey)."
+            result |= {"status": 503, "problem": _problem_body(503, detail)}
+        else:
+            notification, created = outcome
+            location = f"/api/notifications/{notification.id}"
+            result |= {"status": 202, "id": notification.id, "location": location, "idempotentReplayed": not created}
+    return results
+
+
+#: The single route's request body in the OpenAPI document, which each batch item is.
+SINGLE_REQUEST_SCHEMA_REF = "#/paths/~1api~1notifications/post/requestBody/content/application~1json/schema"
+
+
+def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The batch request and response bodies for the OpenAPI document."""
+    item = {
+        "allOf": [{"$ref": SINGLE_REQUEST_SCHEMA_REF}],
+        "properties": {
+            "idempotencyKey": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
+                "description": "This item's Idempotency-Key (scoped to the caller, like the header); not part of the body",
+            }
+        },
+    }
+    request = {
+        "type": "object",
+        "required": ["notifications"],
+        "additionalProperties": False,
+        "properties": {"notifications": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": item}},
+    }
+    problem_schema = {
+        "description": "RFC 9457 problem details, as the single route would answer for this notification",
+        "type": "object",
+        "properties": {
+            **{k: {"type": "integer" if k == "status" else "string"} for k in ("type", "title", "status", "detail")},
+            "errors": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}},
+            },
+            "existingId": {"type": "string"},
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["index", "status"],
+        "properties": {
+            "index": {"type": "integer"},
+            "status": {"type": "integer", "enum": [202, 409, 422, 503]},
+            "id": {"type": "string"},
+            "location": {"type": "string"},
+            "idempotentReplayed": {"type": "boolean"},
+            "problem": problem_schema,
+        },
+    }
+    response = {
+        "type": "object",
+        "properties": {
+            "results": {"type": "array", "items": result},
+            "accepted": {"type": "integer"},
+            "failed": {"type": "integer"},
+        },
+    }
+    return request, response
 
 
 def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.services) -> FastAPI:
@@ -225,6 +365,35 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             status_code=202,
             headers={"Location": location, "Idempotent-Replayed": "false" if created else "true"},
         )
+
+    batch_request_schema, batch_response_schema = openapi_batch_schemas()
+
+    @api.post(
+        "/api/notifications/batch",
+        status_code=200,
+        tags=["notifications"],
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request_schema}}},
+            "responses": {
+                "200": {
+                    "description": "One result per notification, in order",
+                    "content": {"application/json": {"schema": batch_response_schema}},
+                }
+            },
+        },
+    )
+    async def submit_batch(request: Request) -> Response:
+        principal = caller(request, "sender")
+        svc = get_services()
+        if request.headers.get("idempotency-key") is not None:
+            # A batch has no single key; ignoring one would make a retried batch send twice.
+            raise InvalidRequest(
+                [FieldError("Idempotency-Key", "not used on the batch route; give each notification an idempotencyKey")]
+            )
+        items = _batch_items(await _json_body(request, svc.settings.max_request_bytes))
+        results = await run_in_threadpool(_submit_batch, items, svc, principal.id)
+        accepted = sum(1 for r in results if r["status"] == 202)
+        return JSONResponse({"results": results, "accepted": accepted, "failed": len(results) - accepted})
 
     @api.get("/api/notifications/{notification_id}", tags=["notifications"])
     def get_notification(notification_id: str, request: Request) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ..domain.commands import (
 from ..domain.errors import (
     AttachmentMissing,
     AttachmentNotFound,
+    AttachmentStoreUnavailable,
     ConcurrencyConflict,
     IdempotencyConflict,
     NotificationNotFound,
@@ -106,7 +107,18 @@ def submit_notification(
 ) -> tuple[Notification, bool]:
     """Record and queue a notification. Returns it and whether it is new (False: an earlier
     request with the same idempotency key already created it)."""
-    now = clock.now()
+    stored, created = _record(cmd, ledger=ledger, attachments=attachments, clock=clock)
+    if stored.queued_at is None:
+        # Also covers a first request that crashed between the ledger write and the enqueue.
+        publisher.send(dispatch_message(stored.id, 1))
+        stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
+    if created:
+        log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
+    return stored, created
+
+
+def _candidate(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: Clock) -> Notification:
+    """A new notification for a command, its attachments' bytes already stored."""
     notification_id = str(uuid.uuid4())
     content = dict(cmd.content)
     if cmd.attachments:
@@ -116,32 +128,96 @@ def submit_notification(
             _store_attachment(attachments, notification_id, index, attachment)
             for index, attachment in enumerate(cmd.attachments)
         ]
-    candidate = Notification.accept(
+    return Notification.accept(
         channel=cmd.channel,
         sender=cmd.sender,
         recipients=cmd.recipients,
         content=content,
         metadata=cmd.metadata,
-        at=now,
+        at=clock.now(),
         idempotency_key=cmd.idempotency_key,
         request_hash=cmd.request_hash,
         owner=cmd.owner,
         notification_id=notification_id,
     )
-    stored = ledger.add(candidate)
+
+
+def _settle(cmd: SubmitNotification, candidate: Notification, stored: Notification, attachments: AttachmentStore) -> bool:
+    """Whether the ledger took the candidate (True) or already held its idempotency key (False);
+    ``IdempotencyConflict`` when the holder was made from another body."""
     created = stored.id == candidate.id
     if not created and cmd.attachments:
         # The notification that holds the key has its own copies; these were never referenced.
         _forget_attachments(attachments, candidate.id)
     if not created and stored.request_hash != cmd.request_hash:
         raise IdempotencyConflict(stored.id)
-    if stored.queued_at is None:
-        # Also covers a first request that crashed between the ledger write and the enqueue.
-        publisher.send(dispatch_message(stored.id, 1))
-        stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
-    if created:
-        log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
-    return stored, created
+    return created
+
+
+def _record(cmd: SubmitNotification, *, ledger: Ledger, attachments: AttachmentStore, clock: Clock) -> tuple[Notification, bool]:
+    """The ledger entry for a command: a new one, or the one that already holds its idempotency
+    key (``IdempotencyConflict`` when that one was made from another body)."""
+    candidate = _candidate(cmd, attachments=attachments, clock=clock)
+    stored = ledger.add(candidate)
+    return stored, _settle(cmd, candidate, stored, attachments)
+
+
+def submit_notifications(
+    cmds: list[SubmitNotification],
+    *,
+    ledger: Ledger,
+    publisher: MessagePublisher,
+    attachments: AttachmentStore,
+    clock: Clock,
+) -> list[tuple[Notification, bool] | IdempotencyConflict | AttachmentStoreUnavailable]:
+    """``submit_notification`` for each command, in order, with the same guarantees (ledger
+    entries, then queue messages, then the "queued" marks; idempotency keys as for one request, a
+    key used twice in the same batch included). One outcome per command: the notification and
+    whether it is new, or the error that refused this command alone; nothing is queued for a
+    refused command.
+
+    One ledger write for all the entries (``add_many``), one for all the queue messages
+    (``send_many``) and one for the marks (``save_many``). If the ledger or the queue fails, the
+    error is raised; what was recorded but not queued is re-queued by the reconciliation.
+    """
+    prepared: list[Notification | AttachmentStoreUnavailable] = []
+    for cmd in cmds:
+        try:
+            prepared.append(_candidate(cmd, attachments=attachments, clock=clock))
+        except AttachmentStoreUnavailable as exc:
+            prepared.append(exc)
+    added = iter(ledger.add_many([c for c in prepared if isinstance(c, Notification)]))
+
+    outcomes: list[tuple[Notification, bool] | IdempotencyConflict | AttachmentStoreUnavailable] = []
+    latest: dict[str, Notification] = {}  # by id: what the outcomes return
+    fresh: list[Notification] = []
+    for cmd, candidate in zip(cmds, prepared):
+        if isinstance(candidate, AttachmentStoreUnavailable):
+            outcomes.append(candidate)
+            continue
+        stored = next(added)
+        try:
+            created = _settle(cmd, candidate, stored, attachments)
+        except IdempotencyConflict as exc:
+            outcomes.append(exc)
+            continue
+        if stored.id not in latest:  # the same key twice in this batch: the first one queues it
+            latest[stored.id] = stored
+            if stored.queued_at is None:
+                fresh.append(stored)
+            if created:
+                log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
+        outcomes.append((stored, created))
+
+    if fresh:
+        publisher.send_many([dispatch_message(n.id, 1) for n in fresh])
+        now = clock.now()
+        for n in fresh:
+            n.mark_queued(now)
+        for lost in ledger.save_many(fresh):
+            # Another writer (a dispatcher that already took the message) got there first.
+            latest[lost.id], _ = _modify(ledger, lost.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
+    return [o if isinstance(o, NotifyError) else (latest[o[0].id], o[1]) for o in outcomes]
 
 
 def _store_attachment(store: AttachmentStore, notification_id: str, index: int, attachment: NewAttachment) -> dict:

@@ -35,6 +35,10 @@ class Ledger(Protocol):
         """Store a new notification. When its idempotency key is already taken, store nothing
         and return the notification that holds the key."""
 
+    def add_many(self, notifications: list[Notification]) -> list[Notification]:
+        """``add`` for each, in order, in as few writes as the store allows; a key used twice in
+        the list returns the first holder for the second."""
+
     def get(self, notification_id: str) -> Notification | None: ...
 
     def save(self, notification: Notification) -> None: ...
@@ -198,6 +202,9 @@ class MessagePublisher(Protocol):
     """Puts messages on a queue. All the handlers need: in Azure the Functions host receives."""
 
     def send(self, message: OutgoingMessage) -> None: ...
+
+    def send_many(self, messages: list[OutgoingMessage]) -> None:
+        """``send`` for each, in as few round trips as the technology allows."""
 
 
 class MessageConsumer(Protocol):

@@ -205,3 +205,22 @@ def test_an_email_with_a_pdf_attachment_is_delivered_and_reaches_acs_with_the_at
     assert message["attachments"] == [described]
     # Handed to ACS: the local store no longer holds the bytes.
     assert not (stack.data_dir / "attachments" / notification["id"]).exists()
+
+
+def test_a_batch_of_twenty_emails_all_reach_delivered(stack):
+    addresses = [unique("batch") for _ in range(20)]
+    items = [{"channel": "email", "to": [a], "subject": "Batch", "text": f"Hello {i}"} for i, a in enumerate(addresses)]
+
+    response = httpx.post(
+        f"{stack.api}/api/notifications/batch", json={"notifications": items}, headers={"Authorization": "Bearer dev-sender-key"}, timeout=30
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["accepted"], body["failed"]) == (20, 0)
+    assert [r["index"] for r in body["results"]] == list(range(20))
+    ids = [r["id"] for r in body["results"]]
+    for nid in ids:
+        stack.wait_for_status(nid, "delivered", timeout=60)
+    sent = [m for m in stack.emulator_messages("email") if m["id"] in ids]
+    assert sorted(m["id"] for m in sent) == sorted(ids)

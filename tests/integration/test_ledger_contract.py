@@ -626,3 +626,17 @@ def test_a_purged_notification_is_no_longer_found_by_its_message_ids(ledger):
     ledger.purge(accepted_before=at(0), limit=10)
 
     assert ledger.find_by_message_ids([f"{old.id}-email"]) == {}
+
+
+# ---------------------------------------------------------------------------- add_many
+
+
+def test_add_many_adds_in_order_and_a_key_used_twice_returns_the_first_holder(ledger):
+    shared_key = key()
+    first, repeat, other = email(idempotency_key=shared_key), email(idempotency_key=shared_key), sms()
+
+    stored = ledger.add_many([first, repeat, other])
+
+    assert [n.id for n in stored] == [first.id, first.id, other.id]
+    assert all(n.version == 1 for n in stored)
+    assert ledger.get(first.id) is not None and ledger.get(repeat.id) is None and ledger.get(other.id) is not None

@@ -171,6 +171,13 @@ def test_a_sent_message_is_received_with_its_body_and_properties_and_gone_once_c
     assert queue.active_count() == 0
 
 
+def test_messages_sent_together_are_all_received_in_order(queue_factory):
+    queue = queue_factory()
+    queue.send_many([message(n) for n in range(4)])
+
+    assert bodies(queue.receive(max_messages=10)) == [0, 1, 2, 3]
+
+
 def test_messages_are_received_in_the_order_they_were_sent(queue_factory):
     queue = queue_factory()
     for n in range(5):
