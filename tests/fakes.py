@@ -159,8 +159,13 @@ class FakeEmailSender:
     lookups: list[str] = field(default_factory=list)
     lookup_failures: list[SendError] = field(default_factory=list)
     lose_response: SendError | None = None
+    die_next: BaseException | None = None
 
     def send(self, email: OutgoingEmail) -> str:
+        if self.die_next is not None:
+            # The worker process dies mid-call: nothing after this line runs, no failure recorded.
+            death, self.die_next = self.die_next, None
+            raise death
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(email)

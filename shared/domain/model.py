@@ -213,6 +213,8 @@ class Notification(BaseModel):
     first_attempt_at: datetime | None = None
     #: While set and in the future, one dispatcher is sending; duplicate queue messages step aside.
     sending_until: datetime | None = None
+    #: The attempt number carried by the queue message that started the current attempt.
+    attempt_started_by: int = 0
     #: True from the start of an attempt until its outcome is known. Still true at the next attempt
     #: (the worker died mid-send, or the error left it open whether ACS acted), it means: ask ACS
     #: whether it already has this send before sending again.
@@ -310,20 +312,25 @@ class Notification(BaseModel):
     def dispatch_verdict(self, attempt: int, at: datetime) -> Literal["send", "wait", "done", "stale"]:
         """What a queue message asking for ``attempt`` may do now.
 
-        Exactly one chain of messages drives a notification: the message for the next attempt
-        (``attempts + 1``), or the message of an attempt that started and never concluded (its
-        worker died; its lease tells when it is safe to take over). Any other message is a stale
-        duplicate, and acting on it would start a second chain that ignores the backoff.
+        Exactly one chain of messages drives a notification. With no attempt under way, only the
+        message for the next attempt (``attempts + 1``) may send. With an attempt started and never
+        concluded (its worker died, or is still at it), the message that started it, or a newer
+        one, waits for the lease and then takes over, however often workers die in between; any
+        older message is a stale duplicate, and acting on it would start a second chain that
+        ignores the backoff.
         """
         if not self.needs_sending:
             return "done"
-        unfinished = self.sending_until is not None
-        if attempt == self.attempts + 1 or (attempt == self.attempts and unfinished):
+        if self.sending_until is not None:
+            if attempt < self.attempt_started_by:
+                return "stale"
             return "wait" if self.is_being_sent(at) else "send"
-        return "stale"
+        return "send" if attempt == self.attempts + 1 else "stale"
 
-    def start_attempt(self, at: datetime, *, lease_until: datetime) -> int:
+    def start_attempt(self, at: datetime, *, lease_until: datetime, by: int | None = None) -> int:
+        """``by``: the attempt number of the queue message starting it (default: this attempt's)."""
         self.sending_until = lease_until
+        self.attempt_started_by = by if by is not None else self.attempts + 1
         self.check_before_send = self.outcome_unknown
         self.outcome_unknown = True
         self.attempts += 1

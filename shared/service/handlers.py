@@ -303,7 +303,7 @@ def dispatch(
             n.record_recipient_suppressed(now, address, f"OnSuppressionList: {entry.reason}")
         if not n.needs_sending:
             return "done"
-        n.start_attempt(now, lease_until=now + lease)
+        n.start_attempt(now, lease_until=now + lease, by=cmd.attempt)
         return "send"
 
     notification, verdict = _modify(ledger, nid, claim)

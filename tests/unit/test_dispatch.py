@@ -1,3 +1,5 @@
+import pytest
+
 from datetime import timedelta
 
 from shared.domain.errors import (
@@ -328,3 +330,42 @@ def test_an_sms_recipient_missing_from_the_acs_results_is_retried_not_stranded()
         "+14255551234": RecipientStatus.SENT,
         "+14255559999": RecipientStatus.PENDING,
     }
+
+
+class WorkerDied(BaseException):
+    """Stands for the process being killed: not an error the dispatcher could handle."""
+
+
+def test_a_notification_whose_workers_die_twice_in_a_row_is_still_sent_once():
+    world = World()
+    n, _ = world.submit(email_command())
+    world.email.die_next = WorkerDied()
+    with pytest.raises(WorkerDied):
+        world.dispatch(n.id, 1)  # the first worker dies mid-send
+    world.clock.advance(91)
+    world.email.die_next = WorkerDied()
+    with pytest.raises(WorkerDied):
+        world.dispatch(n.id, 1)  # attempt 1's message takes over, and that worker dies too
+    world.clock.advance(91)
+
+    outcome = world.dispatch(n.id, 1)  # the same message, redelivered once more
+
+    assert isinstance(outcome, Completed)
+    assert len(world.email.sent) == 1
+    assert world.ledger.get(n.id).status is NotificationStatus.SENT
+
+
+def test_an_older_message_never_takes_over_an_attempt_a_newer_one_started():
+    world = World()
+    world.email.failures = [ServiceUnavailable("down", status_code=503)]
+    n, _ = world.submit(email_command())
+    first = world.dispatch(n.id, 1)
+    world.clock.advance(first.delay_seconds)
+    world.email.die_next = WorkerDied()
+    with pytest.raises(WorkerDied):
+        world.dispatch(n.id, 2)  # the retry's worker dies mid-send
+    world.clock.advance(91)
+
+    assert world.dispatch(n.id, 1).detail == "stale"  # a leftover copy of attempt 1's message
+    assert isinstance(world.dispatch(n.id, 2), Completed)  # the retry's message takes over
+    assert len(world.email.sent) == 1
