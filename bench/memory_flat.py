@@ -30,7 +30,7 @@ libsqlite3 Python is linked against), and at the end the RSS is read again after
 halves the send rate, so such a run's sends/s are not comparable. Running with
 ``MALLOC_ARENA_MAX=2`` in the environment shows what glibc's per-thread malloc arenas (one per
 dispatch thread, up to 8 per core) contribute: on the 2-core machine this was written on, the
-growth over 50,000 sends was about 14 % with the default and under 1 % with 2 arenas, while
+growth over 50,000 sends was 14-16 % with the default and under 1 % with 2 arenas, while
 ``tracemalloc`` found under 2 MiB of live Python objects added, all in bounded caches.
 """
 
