@@ -42,9 +42,7 @@ import gc
 import os
 import platform
 import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,34 +56,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from acs_emulator.config import DEFAULT_ACCESS_KEY  # noqa: E402
+from bench.emulator import RESOURCE, free_port, start_emulator  # noqa: E402
 
 TARGET_GROWTH_PERCENT = 10.0
-RESOURCE = "/subscriptions/0/resourceGroups/bench/providers/Microsoft.Communication/communicationServices/bench"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BLOCKS = "▁▂▃▄▅▆▇█"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(port: int) -> subprocess.Popen:
-    env = os.environ | {
-        "ACS_EMULATOR_PORT": str(port),
-        "ACS_EMULATOR_WEBHOOK_URL": "",  # no reports: this measures sending only
-        "ACS_EMULATOR_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "acs_emulator"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/emulator/health", timeout=0.5).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.terminate()
-    raise SystemExit("the emulator did not start")
 
 
 def _sqlite_library():
