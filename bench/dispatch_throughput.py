@@ -25,32 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from acs_emulator.config import DEFAULT_ACCESS_KEY  # noqa: E402
-from bench.emulator import RESOURCE, free_port, start_emulator  # noqa: E402
+from bench.emulator import bench_settings, free_port, start_emulator  # noqa: E402
 
 
 
 def ours(endpoint: str, count: int, concurrency: int) -> float:
     from shared import bootstrap
-    from shared.config import Settings
     from shared.domain.model import NotificationStatus
     from shared.entrypoints.local import Worker
     from shared.entrypoints.schemas import parse_notification_request
     from shared.service.handlers import submit_notification
 
     data_dir = tempfile.mkdtemp(prefix="bench-")
-    settings = Settings(
-        NOTIFY_DEV_KEYS="sender=bench",
-        NOTIFY_DATA_DIR=data_dir,
-        ACS_ENDPOINT=endpoint,
-        ACS_ACCESS_KEY=DEFAULT_ACCESS_KEY,
-        ACS_RESOURCE_ID=RESOURCE,
-        EMAIL_SENDERS="DoNotReply@notify.example.com",
-        SMS_SENDERS="+18005550100",
-        EMAIL_RATE_PER_MINUTE="0",
-        EMAIL_RATE_PER_HOUR="0",
-        DISPATCH_CONCURRENCY=str(concurrency),
-        RECONCILE_INTERVAL_SECONDS="3600",
-    )
+    settings = bench_settings(endpoint, data_dir, DISPATCH_CONCURRENCY=str(concurrency))
     services = bootstrap.Services(settings)
     bootstrap.use(services)
     ids = []

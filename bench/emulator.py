@@ -40,3 +40,24 @@ def start_emulator(port: int) -> subprocess.Popen:
             time.sleep(0.1)
     process.terminate()
     raise SystemExit("the emulator did not start")
+
+
+def bench_settings(endpoint: str, data_dir: str, **overrides: str):
+    """Settings for a benchmark's own services: the emulator's key, no quotas, reconciliation out of
+    the way."""
+    from acs_emulator.config import DEFAULT_ACCESS_KEY
+    from shared.config import Settings
+
+    values = dict(
+        NOTIFY_DEV_KEYS="sender=bench",
+        NOTIFY_DATA_DIR=data_dir,
+        ACS_ENDPOINT=endpoint,
+        ACS_ACCESS_KEY=DEFAULT_ACCESS_KEY,
+        ACS_RESOURCE_ID=RESOURCE,
+        EMAIL_SENDERS="DoNotReply@notify.example.com",
+        SMS_SENDERS="+18005550100",
+        EMAIL_RATE_PER_MINUTE="0",
+        EMAIL_RATE_PER_HOUR="0",
+        RECONCILE_INTERVAL_SECONDS="3600",
+    )
+    return Settings(**(values | overrides))

@@ -55,8 +55,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from acs_emulator.config import DEFAULT_ACCESS_KEY  # noqa: E402
-from bench.emulator import RESOURCE, free_port, start_emulator  # noqa: E402
+from bench.emulator import bench_settings, free_port, start_emulator  # noqa: E402
 
 TARGET_GROWTH_PERCENT = 10.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -128,7 +127,6 @@ def main() -> None:
 
     from shared import bootstrap
     from shared.adapters.embedded_queue import EmbeddedQueue
-    from shared.config import Settings
     from shared.domain.model import NotificationStatus
     from shared.entrypoints.local import Worker
     from shared.entrypoints.schemas import parse_notification_request
@@ -139,18 +137,7 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="bench-memory-")
     emulator = start_emulator(port)
     try:
-        settings = Settings(
-            NOTIFY_DEV_KEYS="sender=bench",
-            NOTIFY_DATA_DIR=data_dir,
-            ACS_ENDPOINT=endpoint,
-            ACS_ACCESS_KEY=DEFAULT_ACCESS_KEY,
-            ACS_RESOURCE_ID=RESOURCE,
-            EMAIL_SENDERS="DoNotReply@notify.example.com",
-            SMS_SENDERS="+18005550100",
-            EMAIL_RATE_PER_MINUTE="0",
-            EMAIL_RATE_PER_HOUR="0",
-            RECONCILE_INTERVAL_SECONDS="3600",
-        )
+        settings = bench_settings(endpoint, data_dir)
         services = bootstrap.Services(settings)
         bootstrap.use(services)
         queue = services.queue
