@@ -348,6 +348,9 @@ def azure_settings(monkeypatch) -> dict[str, str]:
         "TABLES_ENDPOINT": "https://stnotifyprod.table.core.windows.net",
         "ATTACHMENTS_CONTAINER_URL": "https://stnotifyprod.blob.core.windows.net/attachments",
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-notify-prod.servicebus.windows.net",
+        "ENTRA_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+        "ENTRA_AUDIENCES": "api://notify-prod",
+        "ENTRA_TOKEN_VERSIONS": "2",
     }
     fields = {field.alias: field for field in Settings.model_fields.values()}
     values = {}

@@ -22,14 +22,23 @@ from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyC
 from ..domain.model import Channel, Notification
 from ..service import handlers
 from . import triggers
-from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
+from .auth import (
+    WEBHOOK_SECRET_HEADER,
+    WEBHOOK_SECRET_QUERY,
+    AuthenticationUnavailable,
+    Forbidden,
+    Principal,
+    Unauthenticated,
+    authenticate,
+    authenticate_webhook,
+    authorize,
+)
 from .eventgrid import read_events
-from .problems import problem
-from .schemas import openapi_request_schema, parse_notification_request
+from .problems import problem, problem_responses
+from .schemas import check_single_line, openapi_request_schema, parse_notification_request
 
 log = logging.getLogger(__name__)
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_BATCH_ITEMS = 100
 
 
@@ -60,9 +69,15 @@ async def _json_body(request: Request, limit: int) -> Any:
     if not _is_json(request.headers.get("content-type")):
         raise _UnsupportedMediaType()
     try:
-        return json.loads(body)
+        document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _Malformed(str(exc)) from None
+    try:
+        # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 store or SDK can carry.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Malformed("a string holds a lone surrogate escape (\\ud800-\\udfff), which is not Unicode text") from None
+    return document
 
 
 def notification_view(n: Notification) -> dict[str, Any]:
@@ -135,6 +150,18 @@ def _batch_items(body: Any) -> list[Any]:
     return items
 
 
+def idempotency_key_error(key: Any, limit: int) -> str | None:
+    """Why ``key`` cannot be an idempotency key, or None. It is stored and compared, and echoed
+    in logs and problems: one line of at most ``limit`` characters."""
+    if not isinstance(key, str) or not (0 < len(key) <= limit):
+        return f"must be a string of 1 to {limit} characters"
+    try:
+        check_single_line(key, allow_tab=False)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> SubmitNotification:
     """One item, validated exactly as the single route validates a body plus its Idempotency-Key
     header; the key travels in the item as ``idempotencyKey`` and is not part of the body hash."""
@@ -145,8 +172,8 @@ def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> Sub
     if "idempotencyKey" in item:
         item = dict(item)
         key = item.pop("idempotencyKey")
-        if not isinstance(key, str) or not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
-            key_errors.append(FieldError("/idempotencyKey", f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"))
+        if (message := idempotency_key_error(key, svc.settings.idempotency_key_max_chars)) is not None:
+            key_errors.append(FieldError("/idempotencyKey", message))
             key = None
     try:
         cmd = parse_notification_request(item, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=caller_id)
@@ -200,8 +227,8 @@ def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
             "idempotencyKey": {
                 "type": "string",
                 "minLength": 1,
-                "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
-                "description": "This item's Idempotency-Key (scoped to the caller, like the header); not part of the body",
+                "description": "This item's Idempotency-Key (scoped to the caller, like the header; at most "
+                "IDEMPOTENCY_KEY_MAX_CHARS characters, no control characters); not part of the body",
             }
         },
     }
@@ -246,6 +273,31 @@ def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     return request, response
 
 
+ACCEPTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "status", "channel", "location"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string"},
+        "channel": {"type": "string", "enum": ["email", "sms"]},
+        "location": {"type": "string"},
+    },
+}
+
+NOTIFICATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "channel", "status", "recipients", "history", "contentHash"],
+    "properties": {
+        "id": {"type": "string"},
+        "channel": {"type": "string", "enum": ["email", "sms"]},
+        "status": {"type": "string"},
+        "recipients": {"type": "array", "items": {"type": "object"}},
+        "history": {"type": "array", "items": {"type": "object"}},
+        "contentHash": {"type": "string"},
+    },
+}
+
+
 def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -265,8 +317,16 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     )
 
     def caller(request: Request, *roles: str) -> Principal:
-        principal = authenticate(request.headers.get("authorization"), get_services().settings)
+        svc = get_services()
+        principal = authenticate(request.headers.get("authorization"), svc.settings, svc.entra_tokens)
         authorize(principal, *roles)
+        return principal
+
+    def event_grid(request: Request) -> Principal:
+        svc = get_services()
+        secret = request.headers.get(WEBHOOK_SECRET_HEADER) or request.query_params.get(WEBHOOK_SECRET_QUERY)
+        principal = authenticate_webhook(request.headers.get("authorization"), secret, svc.settings, svc.entra_tokens)
+        authorize(principal, "eventgrid")
         return principal
 
     # ------------------------------------------------------------------ errors as problems
@@ -278,6 +338,12 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     @api.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
         return problem(403, str(exc))
+
+    @api.exception_handler(AuthenticationUnavailable)
+    async def _auth_unavailable(_: Request, exc: AuthenticationUnavailable) -> JSONResponse:
+        response = problem(503, str(exc))
+        response.headers["Retry-After"] = "10"
+        return response
 
     @api.exception_handler(InvalidRequest)
     async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
@@ -326,6 +392,31 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         log.exception("unhandled error: %s", type(exc).__name__)
         return problem(500, "Something went wrong on our side; it has been logged.")
 
+    default_openapi = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        # Every route but health takes a bearer token: an Entra ID access token in Azure, a dev
+        # key on the local stack (docs/security.md).
+        if api.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Entra ID access token (or a dev key locally)"}
+            }
+            for path, operations in schema["paths"].items():
+                if path != "/api/health":
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            # The key's limit is a setting; the document is built once, on its first request.
+            limit = get_services().settings.idempotency_key_max_chars
+            submit = schema["paths"]["/api/notifications"]["post"]
+            [header] = [p for p in submit["parameters"] if p["name"] == "Idempotency-Key"]
+            header["schema"]["maxLength"] = limit
+            batch = schema["paths"]["/api/notifications/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            batch["properties"]["notifications"]["items"]["properties"]["idempotencyKey"]["maxLength"] = limit
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
     # ------------------------------------------------------------------ routes
 
     @api.get("/api/health", tags=["health"])
@@ -336,17 +427,36 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         "/api/notifications",
         status_code=202,
         tags=["notifications"],
+        responses={
+            202: {
+                "description": "Accepted: queued for sending",
+                "headers": {
+                    "Location": {"schema": {"type": "string"}},
+                    "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true", "false"]}},
+                },
+                "content": {"application/json": {"schema": ACCEPTED_SCHEMA}},
+            },
+            **problem_responses(400, 401, 403, 409, 413, 415, 422, 500, 503),
+        },
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_request_schema()}}},
-            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "At most IDEMPOTENCY_KEY_MAX_CHARS characters, no control characters",
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
         },
     )
     async def submit(request: Request) -> Response:
         principal = caller(request, "sender")
         svc = get_services()
         key = request.headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
-            raise InvalidRequest([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")])
+        if key is not None and (message := idempotency_key_error(key, svc.settings.idempotency_key_max_chars)) is not None:
+            raise InvalidRequest([FieldError("Idempotency-Key", message)])
         body = await _json_body(request, svc.settings.max_request_bytes)
         cmd = parse_notification_request(
             body, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=principal.id
@@ -381,6 +491,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
                 }
             },
         },
+        responses=problem_responses(400, 401, 403, 413, 415, 422, 500, 503),
     )
     async def submit_batch(request: Request) -> Response:
         principal = caller(request, "sender")
@@ -395,7 +506,14 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         accepted = sum(1 for r in results if r["status"] == 202)
         return JSONResponse({"results": results, "accepted": accepted, "failed": len(results) - accepted})
 
-    @api.get("/api/notifications/{notification_id}", tags=["notifications"])
+    @api.get(
+        "/api/notifications/{notification_id}",
+        tags=["notifications"],
+        responses={
+            200: {"description": "The notification", "content": {"application/json": {"schema": NOTIFICATION_SCHEMA}}},
+            **problem_responses(401, 403, 404, 422, 500, 503),
+        },
+    )
     def get_notification(notification_id: str, request: Request) -> dict[str, Any]:
         principal = caller(request, "sender", "operator")
         notification = get_services().ledger.get(notification_id)
@@ -404,19 +522,65 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             raise NotificationNotFound(notification_id)
         return notification_view(notification)
 
-    @api.options("/api/events", tags=["events"])
+    webhook_parameters = [
+        {
+            "name": WEBHOOK_SECRET_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "The EVENTGRID_WEBHOOK_SECRET, as a static delivery header of the subscription",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": WEBHOOK_SECRET_QUERY,
+            "in": "query",
+            "required": False,
+            "description": "The EVENTGRID_WEBHOOK_SECRET, as a query parameter of the subscription's endpoint URL",
+            "schema": {"type": "string"},
+        },
+    ]
+
+    @api.options(
+        "/api/events",
+        tags=["events"],
+        responses={200: {"description": "The CloudEvents abuse-protection handshake"}, **problem_responses(401, 403, 422, 500, 503)},
+        openapi_extra={"parameters": webhook_parameters},
+    )
     def events_handshake(request: Request, webhook_request_origin: str | None = Header(None)) -> Response:
         # CloudEvents 1.0 abuse protection: Event Grid asks before it delivers.
-        caller(request, "eventgrid")
+        event_grid(request)
         headers = {"Allow": "POST, OPTIONS"}
         if webhook_request_origin:
             headers["WebHook-Allowed-Origin"] = webhook_request_origin
             headers["WebHook-Allowed-Rate"] = "*"
         return Response(status_code=200, headers=headers)
 
-    @api.post("/api/events", tags=["events"])
+    @api.post(
+        "/api/events",
+        tags=["events"],
+        responses={
+            200: {
+                "description": "The validation code (subscription handshake), or what was applied",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **problem_responses(400, 401, 403, 413, 415, 422, 500, 503),
+        },
+        openapi_extra={
+            "parameters": webhook_parameters,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "description": "A batch of events in the Event Grid schema or CloudEvents 1.0, or one event",
+                            "oneOf": [{"type": "array", "items": {"type": "object"}}, {"type": "object"}],
+                        }
+                    }
+                },
+            },
+        },
+    )
     async def events(request: Request) -> Response:
-        caller(request, "eventgrid")
+        event_grid(request)
         svc = get_services()
         payload = await _json_body(request, max(svc.settings.max_request_bytes, 1024 * 1024))
         items = payload if isinstance(payload, list) else [payload]
@@ -427,7 +591,14 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         applied = await run_in_threadpool(triggers.apply_events, items, svc)
         return JSONResponse(applied.summary(len(items)))
 
-    @api.get("/api/reconciliation", tags=["operations"])
+    @api.get(
+        "/api/reconciliation",
+        tags=["operations"],
+        responses={
+            200: {"description": "Counts by status and the failure rate", "content": {"application/json": {"schema": {"type": "object"}}}},
+            **problem_responses(401, 403, 422, 500, 503),
+        },
+    )
     def reconciliation(
         request: Request,
         start: datetime | None = Query(None, alias="from"),
