@@ -35,7 +35,7 @@ from .auth import (
 )
 from .eventgrid import read_events
 from .problems import problem, problem_responses
-from .schemas import check_single_line, openapi_request_schema, parse_notification_request
+from .schemas import check_single_line, openapi_component_schemas, openapi_request_schema, parse_notification_request
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,8 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         # key on the local stack (docs/security.md).
         if api.openapi_schema is None:
             schema = default_openapi()
-            schema.setdefault("components", {})["securitySchemes"] = {
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_component_schemas())
+            schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Entra ID access token (or a dev key locally)"}
             }
             for path, operations in schema["paths"].items():
@@ -542,6 +543,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     @api.options(
         "/api/events",
         tags=["events"],
+        response_class=Response,
         responses={200: {"description": "The CloudEvents abuse-protection handshake"}, **problem_responses(401, 403, 422, 500, 503)},
         openapi_extra={"parameters": webhook_parameters},
     )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import models_json_schema
 
 from ..config import Settings
 from ..domain.commands import NewAttachment, SubmitNotification
@@ -60,14 +61,21 @@ def check_single_line(value: str, *, allow_tab: bool) -> str:
     return value
 
 
+#: For the OpenAPI document only (the validators above decide): one header line, no control
+#: characters, as ``check_single_line`` checks. Generated clients and fuzzers then send values
+#: that can pass.
+SINGLE_LINE = {"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"}
+SINGLE_LINE_WITH_TAB = {"pattern": "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
 class AddressIn(_Strict):
-    address: str
+    address: str = Field(json_schema_extra={"format": "email"})
     #: At most DISPLAY_NAME_MAX_CHARS, checked with the settings in parse_notification_request.
-    displayName: str | None = None
+    displayName: str | None = Field(None, json_schema_extra=SINGLE_LINE)
 
     @field_validator("address")
     @classmethod
@@ -130,11 +138,20 @@ class TemplateRef(_Strict):
 
 
 class EmailRequest(_Strict):
+    # The document says what _content and parse_notification_request check: literal content
+    # (a subject and text or html) or a template.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": ["subject", "text"]}, {"required": ["subject", "html"]}, {"required": ["template"]}]
+        }
+    )
+
     channel: Literal["email"]
     to: list[AddressIn] = Field(min_length=1)
     cc: list[AddressIn] = Field(default_factory=list)
     bcc: list[AddressIn] = Field(default_factory=list)
-    subject: str | None = None
+    #: At most SUBJECT_MAX_CHARS, checked with the settings in parse_notification_request.
+    subject: str | None = Field(None, min_length=1, json_schema_extra=SINGLE_LINE_WITH_TAB)
     text: str | None = None
     html: str | None = None
     template: TemplateRef | None = None
@@ -168,8 +185,10 @@ def _subject_line(value: str) -> str:
 
 
 class SmsRequest(_Strict):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["message"]}, {"required": ["template"]}]})
+
     channel: Literal["sms"]
-    to: list[str] = Field(min_length=1)
+    to: list[str] = Field(min_length=1, json_schema_extra={"items": {"type": "string", "pattern": "^\\+[1-9][0-9]{6,14}$"}})
     message: str | None = None
     template: TemplateRef | None = None
     sender: str | None = None
@@ -399,9 +418,26 @@ def parse_notification_request(
     )
 
 
+#: Where the request models live in the OpenAPI document.
+OPENAPI_SCHEMAS = "#/components/schemas/"
+
+
 def openapi_request_schema() -> dict[str, Any]:
-    """JSON Schema of the request body for the OpenAPI document."""
+    """JSON Schema of the request body for the OpenAPI document; the models it refers to are
+    ``openapi_component_schemas()``."""
     return {
-        "oneOf": [EmailRequest.model_json_schema(), SmsRequest.model_json_schema()],
-        "discriminator": {"propertyName": "channel"},
+        "oneOf": [{"$ref": f"{OPENAPI_SCHEMAS}EmailRequest"}, {"$ref": f"{OPENAPI_SCHEMAS}SmsRequest"}],
+        "discriminator": {
+            "propertyName": "channel",
+            "mapping": {"email": f"{OPENAPI_SCHEMAS}EmailRequest", "sms": f"{OPENAPI_SCHEMAS}SmsRequest"},
+        },
     }
+
+
+def openapi_component_schemas() -> dict[str, Any]:
+    """The request models and the models they use, for ``components/schemas``: their references
+    point there (a model's own ``$defs`` would resolve against the document's root)."""
+    _, schemas = models_json_schema(
+        [(EmailRequest, "validation"), (SmsRequest, "validation")], ref_template=OPENAPI_SCHEMAS + "{model}"
+    )
+    return schemas["$defs"]
