@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
     reconcile_interval_seconds: float = Field(30.0, alias="RECONCILE_INTERVAL_SECONDS", gt=0)
 
-    @field_validator("email_senders", "sms_senders", mode="before")
+    @field_validator("email_senders", "sms_senders", "entra_audiences", "entra_token_versions", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -171,13 +171,6 @@ class Settings(BaseSettings):
     def _at_least_one(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("needs at least one sender; the first is the default")
-        return value
-
-    @field_validator("entra_audiences", "entra_token_versions", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("entra_token_versions")

@@ -34,7 +34,7 @@ from .auth import (
     authorize,
 )
 from .eventgrid import read_events
-from .problems import problem, problem_responses
+from .problems import PROBLEM_SCHEMA, problem, problem_responses
 from .schemas import check_single_line, openapi_component_schemas, openapi_request_schema, parse_notification_request
 
 log = logging.getLogger(__name__)
@@ -238,18 +238,9 @@ def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
         "additionalProperties": False,
         "properties": {"notifications": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": item}},
     }
-    problem_schema = {
-        "description": "RFC 9457 problem details, as the single route would answer for this notification",
-        "type": "object",
-        "properties": {
-            **{k: {"type": "integer" if k == "status" else "string"} for k in ("type", "title", "status", "detail")},
-            "errors": {
-                "type": "array",
-                "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}},
-            },
-            "existingId": {"type": "string"},
-        },
-    }
+    problem_schema = {"description": "RFC 9457 problem details, as the single route would answer for this notification"}
+    problem_schema |= PROBLEM_SCHEMA
+
     result = {
         "type": "object",
         "required": ["index", "status"],
