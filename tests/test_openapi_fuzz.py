@@ -1,7 +1,8 @@
 """Schemathesis against the API's own OpenAPI document (/api/openapi.json), in process, over faked
 services: valid and invalid requests to every operation, authenticated with the dev key of a role
 the operation accepts. No request may produce a 5xx, a status code the document does not declare,
-or a body or content type that does not match it.
+or a body or content type that does not match it. A stateful run follows the document's links
+(a notification accepted, then read back), which random ids alone never reach.
 
 ``FUZZ_EXAMPLES`` (default 25 per operation and mode) makes a longer run, e.g.
 ``FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/test_openapi_fuzz.py``.
@@ -9,6 +10,7 @@ or a body or content type that does not match it.
 
 from __future__ import annotations
 
+import collections
 import os
 
 import schemathesis
@@ -49,5 +51,41 @@ schema.config.generation.update(modes=["positive", "negative"], max_examples=EXA
 @schema.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_no_request_the_document_allows_gets_a_5xx_or_an_undocumented_response(case):
-    key = KEYS[role_for(case.method, case.path)]
-    case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=CHECKS)
+    case.call_and_validate(headers=auth(case), checks=CHECKS)
+
+
+def auth(case) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[role_for(case.method, case.path)]}"}
+
+
+# Valid requests only: a workflow needs its first step accepted to have a second.
+workflow_schema = schemathesis.openapi.from_asgi("/api/openapi.json", create_api(lambda: SERVICES))
+workflow_schema.config.generation.update(modes=["positive"], max_examples=EXAMPLES, deterministic=True)
+
+
+class NotificationWorkflow(workflow_schema.as_state_machine()):  # type: ignore[misc]
+    answered: collections.Counter = collections.Counter()
+
+    def get_call_kwargs(self, case):
+        return {"headers": auth(case)}
+
+    def after_call(self, response, case):
+        self.answered[(case.method, case.path, response.status_code)] += 1
+
+    def validate_response(self, response, case, additional_checks=None, **kwargs):
+        case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+
+def test_accepted_notifications_read_back_as_the_document_describes():
+    NotificationWorkflow.run(
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=4,
+            derandomize=True,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+    )
+    # The workflow must have reached the happy path, or it proved nothing about it.
+    assert NotificationWorkflow.answered[("GET", "/api/notifications/{notification_id}", 200)] > 0, NotificationWorkflow.answered

@@ -427,6 +427,13 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
                     "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true", "false"]}},
                 },
                 "content": {"application/json": {"schema": ACCEPTED_SCHEMA}},
+                # Clients (and the stateful fuzz test) learn from it where the notification is.
+                "links": {
+                    "GetNotification": {
+                        "operationId": "get_notification",
+                        "parameters": {"notification_id": "$response.body#/id"},
+                    }
+                },
             },
             **problem_responses(400, 401, 403, 409, 413, 415, 422, 500, 503),
         },
@@ -501,6 +508,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     @api.get(
         "/api/notifications/{notification_id}",
         tags=["notifications"],
+        operation_id="get_notification",
         responses={
             200: {"description": "The notification", "content": {"application/json": {"schema": NOTIFICATION_SCHEMA}}},
             **problem_responses(401, 403, 404, 422, 500, 503),
