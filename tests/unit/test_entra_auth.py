@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from shared import bootstrap
 from shared.entrypoints.api import create_api
 from tests.conftest import fake_services
-from tests.entra import AUDIENCE, CLIENT_ID, ISSUER_V1, TENANT_ID, SigningKey, Tenant
+from tests.entra import CLIENT_ID, ISSUER_V1, SigningKey, Tenant
 
 EMAIL = {"channel": "email", "to": ["a@example.com"], "subject": "Receipt", "text": "Thanks"}
 VALIDATION_EVENT = {
@@ -34,14 +34,11 @@ def tenant():
 @pytest.fixture
 def app(tenant):
     """A client factory: the API over faked ports, trusting the test tenant (plus ``settings``)."""
-    clients = []
-
     def make(**settings: str) -> TestClient:
         services = fake_services(**tenant.settings(**settings))
         bootstrap.use(services)
         client = TestClient(create_api(), raise_server_exceptions=False)
         client.services = services
-        clients.append(client)
         return client
 
     yield make
@@ -141,7 +138,7 @@ def test_a_v1_token_is_accepted_when_version_1_is_configured(app, tenant):
 )
 def test_a_valid_token_without_the_send_role_is_403(app, tenant, roles):
     client = app()
-    response = send(client, tenant.token(roles=roles) if roles is not None else tenant.token(roles=None))
+    response = send(client, tenant.token(roles=roles))
     assert response.status_code == 403
     assert client.services.queue.sent == []
 
