@@ -307,6 +307,8 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         redoc_url=None,
     )
 
+    # Blocking (an Entra ID key-set fetch, about once an hour): async routes call it in the
+    # threadpool so a fetch never stalls the event loop.
     def caller(request: Request, *roles: str) -> Principal:
         svc = get_services()
         principal = authenticate(request.headers.get("authorization"), svc.settings, svc.entra_tokens)
@@ -451,7 +453,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         },
     )
     async def submit(request: Request) -> Response:
-        principal = caller(request, "sender")
+        principal = await run_in_threadpool(caller, request, "sender")
         svc = get_services()
         key = request.headers.get("idempotency-key")
         if key is not None and (message := idempotency_key_error(key, svc.settings.idempotency_key_max_chars)) is not None:
@@ -493,7 +495,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         responses=problem_responses(400, 401, 403, 413, 415, 422, 500, 503),
     )
     async def submit_batch(request: Request) -> Response:
-        principal = caller(request, "sender")
+        principal = await run_in_threadpool(caller, request, "sender")
         svc = get_services()
         if request.headers.get("idempotency-key") is not None:
             # A batch has no single key; ignoring one would make a retried batch send twice.
@@ -581,7 +583,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         },
     )
     async def events(request: Request) -> Response:
-        event_grid(request)
+        await run_in_threadpool(event_grid, request)
         svc = get_services()
         payload = await _json_body(request, max(svc.settings.max_request_bytes, 1024 * 1024))
         items = payload if isinstance(payload, list) else [payload]
