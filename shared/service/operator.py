@@ -268,17 +268,22 @@ def replay_dead_letters(
     publisher: MessagePublisher,
     suppressions: SuppressionList,
     clock: Clock,
+    on_targets: Callable[[int], None] | None = None,
     before_each: Callable[[], None] | None = None,
     after_each: Callable[[dict[str, Any]], None] | None = None,
 ) -> OperatorResult:
     """Send dead letters again, never twice: a notification with nothing left to send (sent,
     delivered, or otherwise final) is skipped, and so is a recipient suppressed or opted out since.
 
-    ``before_each`` paces the replay (the CLI's ``--rate``); ``after_each`` sees each outcome.
+    ``on_targets`` learns how many dead letters were selected; ``before_each`` paces the replay
+    (the CLI's ``--rate``); ``after_each`` sees each outcome.
     """
     audit = _Audit(ledger, clock, cmd.actor, "dead-letters.replay", _selection(cmd.ids, cmd.filter), cmd.dry_run)
     result = OperatorResult(audit.entry.id, "dead-letters.replay", cmd.dry_run)
-    for requested, d in _targets(cmd.ids, cmd.filter, ledger=ledger, dead_letters=dead_letters):
+    targets = _targets(cmd.ids, cmd.filter, ledger=ledger, dead_letters=dead_letters)
+    if on_targets is not None:
+        on_targets(len(targets))
+    for requested, d in targets:
         if before_each is not None:
             before_each()
         outcome = _replay_one(
