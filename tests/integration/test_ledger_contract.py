@@ -747,3 +747,22 @@ def test_an_audit_entry_for_a_large_replay_fits(ledger):
     ledger.record_audit(entry)
 
     assert ledger.audit_entries()[0].outcomes == outcomes
+
+
+def test_a_sqlite_ledger_from_before_the_dead_letter_listing_lists_its_dead_letters_after_the_upgrade(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite3"
+    old = SqliteLedger(path)
+    notification = old.add(email())
+    old.save(dead(notification, at(1)))
+    old.close()
+    with sqlite3.connect(path) as db:  # the schema as it was before the columns existed
+        db.execute("DROP INDEX notifications_dead")
+        db.execute("ALTER TABLE notifications DROP COLUMN dead_lettered_at")
+        db.execute("ALTER TABLE notifications DROP COLUMN dead_letter_reason")
+
+    upgraded = SqliteLedger(path)
+
+    assert [n.id for n in upgraded.dead_lettered(reason="MaxAttemptsExceeded", since=at(1))] == [notification.id]
+    upgraded.close()
