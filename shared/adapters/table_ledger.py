@@ -15,6 +15,8 @@ Tables (``<prefix><name>``, created on first use):
                                                        reached_acs (the reconciliation window)
     followups       PK = "awaiting", RK = "<earliest send still waiting for a report>|<id>"
                     PK = "unqueued", RK = "<created_at>|<id>"
+                    PK = "deadletters", RK = "<dead-lettered at, newest first>|<id>": channel, reason
+    audit           PK = "audit", RK = "<time, newest first>|<id>"  operator actions
     parked          PK = message id, RK = event id     parked_at, the report
     parkedevents    PK = event id                      -> message_id (discarding goes by event id)
 
@@ -47,6 +49,10 @@ Tables (``<prefix><name>``, created on first use):
 * Writes that share a partition (window entries of one hour, follow-up entries, a purge's
   deletions) go in entity-group transactions of up to 100. One partition serves about 2,000
   entities a second, far above what ACS's send quotas let this service produce.
+* The dead-letter listing is newest first, and a table query returns RowKeys in ascending order,
+  so its RowKeys start with the time counted down (``_newest_first``); channel and reason are
+  properties of the entry, filtered by the service. Operator actions (``audit``) are keyed the
+  same way; they are few, so one partition holds them all.
 * Times are stored as fixed-width ISO-8601 strings in UTC (``2026-11-22T15:04:05.123456Z``), so
   lexical order is time order and RowKey ranges are time ranges.
 * ``azure.core`` HTTP errors are translated here: 409 (exists), 412 (changed) and 404 (gone)
@@ -79,7 +85,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +292,12 @@ WINDOW = "window"
 FOLLOWUPS = "followups"
 PARKED = "parked"
 PARKED_EVENTS = "parkedevents"
-_TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_EVENTS)
+AUDIT = "audit"
+_TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_EVENTS, AUDIT)
 
 AWAITING = "awaiting"
 UNQUEUED = "unqueued"
+DEAD_LETTERS = "deadletters"
 
 # A string property holds 64 KiB of UTF-16: 32,768 code units. ASCII is one unit a character;
 # anything else is at most two.
@@ -312,6 +320,21 @@ _ADD_TRIES = 5
 def _hour(value: datetime) -> str:
     utc = value.astimezone(timezone.utc)
     return f"{utc.year:04d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}"
+
+
+_LAST_MICROSECOND = 10**19 - 1
+
+
+def _newest_first(value: datetime) -> str:
+    """A RowKey prefix that sorts later times first (fixed width, so lexical order holds)."""
+    micros = round(value.timestamp() * 1_000_000)
+    return f"{_LAST_MICROSECOND - micros:019d}"
+
+
+def _since(value: datetime) -> str:
+    """The RowKey upper bound for entries at or after ``value`` (``}`` sorts after the ``|``
+    that follows the time in every key)."""
+    return _newest_first(value) + "}"
 
 
 def _key_hash(idempotency_key: str) -> str:
@@ -355,15 +378,19 @@ class _Indexed:
     awaiting: str | None
     unqueued: bool
     message_ids: frozenset[str]
+    #: When it was dead-lettered, while its status is dead_lettered.
+    dead: str | None = None
 
     @classmethod
     def of(cls, n: Notification) -> _Indexed:
         waiting = [r.updated_at for r in n.recipients if r.status is RecipientStatus.SENT and r.updated_at]
+        dead = n.dead_letter if n.status is NotificationStatus.DEAD_LETTERED else None
         return cls(
             created=to_text(n.created_at),
             awaiting=to_text(min(waiting)) if waiting else None,
             unqueued=n.queued_at is None,
             message_ids=frozenset(n.message_ids),
+            dead=to_text(dead.at) if dead else None,
         )
 
     @classmethod
@@ -373,6 +400,7 @@ class _Indexed:
             awaiting=entity.get("awaiting_since") or None,
             unqueued=bool(entity["unqueued"]),
             message_ids=frozenset(json.loads(entity["message_ids"])),
+            dead=entity.get("dead_lettered_at") or None,
         )
 
     def followups(self, encoded_id: str) -> dict[str, str]:
@@ -382,10 +410,14 @@ class _Indexed:
             entries[AWAITING] = f"{self.awaiting}|{encoded_id}"
         if self.unqueued:
             entries[UNQUEUED] = f"{self.created}|{encoded_id}"
+        if self.dead:
+            entries[DEAD_LETTERS] = f"{_newest_first(from_text(self.dead))}|{encoded_id}"
         return entries
 
 
-_INDEX_COLUMNS = ["version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash"]
+_INDEX_COLUMNS = [
+    "version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "dead_lettered_at",
+]
 _REMEMBERED = 4096  # notifications whose last read or write ``save`` can trust without a read
 
 
@@ -445,6 +477,7 @@ class TableLedger:
             "status": n.status.value,
             "created_at": indexed.created,
             "awaiting_since": indexed.awaiting or "",
+            "dead_lettered_at": indexed.dead or "",
             "unqueued": indexed.unqueued,
             "reached_acs": n.reached_acs,
             "message_ids": json.dumps(sorted(indexed.message_ids)),
@@ -478,7 +511,10 @@ class TableLedger:
             previous = old.followups(encode_key(n.id)) if old else {}
             for partition, row in new.followups(encode_key(n.id)).items():
                 if previous.get(partition) != row:
-                    followups.append({"PartitionKey": partition, "RowKey": row, "id": n.id})
+                    entry = {"PartitionKey": partition, "RowKey": row, "id": n.id}
+                    if partition == DEAD_LETTERS and n.dead_letter is not None:
+                        entry |= {"channel": n.channel.value, "reason": n.dead_letter.reason}
+                    followups.append(entry)
             known = old.message_ids if old else frozenset()
             message_ids += [
                 {"PartitionKey": encode_key(mid), "RowKey": "", "message_id": mid, "notification_id": n.id}
@@ -793,6 +829,80 @@ class TableLedger:
             return False
         written, noted = entity.metadata.get("timestamp"), entry.metadata.get("timestamp")
         return written is not None and noted is not None and written - noted > _STALE_MARGIN
+
+    # ------------------------------------------------------------------ operators
+
+    def dead_lettered(
+        self,
+        *,
+        channel: Channel | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        if limit < 1:
+            return []
+        query_filter = "PartitionKey eq @pk"
+        parameters: dict[str, Any] = {"pk": DEAD_LETTERS}
+        if since is not None:
+            query_filter += " and RowKey lt @end"
+            parameters["end"] = _since(since)
+        if channel is not None:
+            query_filter += " and channel eq @channel"
+            parameters["channel"] = channel.value
+        if reason is not None:
+            query_filter += " and reason eq @reason"
+            parameters["reason"] = reason
+        entries = self._store.query(FOLLOWUPS, query_filter, parameters, page_size=min(max(limit, 10), 1000))
+        found: dict[str, Notification] = {}
+        stale: list[TableEntity] = []
+        while len(found) < limit:
+            page = [e for _, e in zip(range(limit - len(found)), entries)]
+            if not page:
+                break
+            loaded = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), page)
+            for entry, entity in zip(page, loaded):
+                n = self._load(entity) if entity is not None else None
+                current = _Indexed.of(n).followups(encode_key(n.id)).get(DEAD_LETTERS) if n else None
+                if current == entry["RowKey"]:
+                    found.setdefault(n.id, n)
+                elif self._is_stale_dead_letter(entry, entity):
+                    stale.append(entry)
+        if stale:
+            self._store.map(
+                lambda e: self._store.delete(FOLLOWUPS, e["PartitionKey"], e["RowKey"], e.metadata["etag"]), stale
+            )
+        return list(found.values())[:limit]
+
+    @staticmethod
+    def _is_stale_dead_letter(entry: TableEntity, entity: TableEntity | None) -> bool:
+        """An entry that names a notification no longer dead-lettered at that time: stale once the
+        notification was written well after the entry, or (gone) once the entry is old."""
+        noted = entry.metadata.get("timestamp")
+        if noted is None:
+            return False
+        if entity is None:
+            return datetime.now(timezone.utc) - noted > _ORPHAN_AGE
+        written = entity.metadata.get("timestamp")
+        return written is not None and written - noted > _STALE_MARGIN
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        self._store.upsert(AUDIT, {
+            "PartitionKey": AUDIT,
+            "RowKey": f"{_newest_first(entry.at)}|{encode_key(entry.id)}",
+            "at": to_text(entry.at),
+            **_pack(entry.model_dump_json()),
+        })
+
+    def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
+        if limit < 1:
+            return []
+        query_filter, parameters = "PartitionKey eq @pk", {"pk": AUDIT}
+        if since is not None:
+            query_filter += " and RowKey lt @end"
+            parameters["end"] = _since(since)
+        rows = self._store.query(AUDIT, query_filter, parameters, page_size=min(limit, 1000))
+        return [AuditEntry.model_validate_json(_unpack(e)) for _, e in zip(range(limit), rows)]
 
     # ------------------------------------------------------------------ retention
 

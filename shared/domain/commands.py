@@ -67,3 +67,46 @@ class Reconcile:
     thresholds: FailureRateThresholds | None = None
     #: Ledger records accepted before this moment are deleted.
     purge_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an operator means: all of them when every field is empty."""
+
+    channel: Channel | None = None
+    #: A dead-letter reason, matched exactly (``MaxAttemptsExceeded``).
+    reason: str | None = None
+    #: Dead-lettered at or after this moment.
+    since: datetime | None = None
+    limit: int = 100
+
+    def describe(self) -> dict[str, Any]:
+        """For the audit trail."""
+        found: dict[str, Any] = {"limit": self.limit}
+        if self.channel is not None:
+            found["channel"] = self.channel.value
+        if self.reason is not None:
+            found["reason"] = self.reason
+        if self.since is not None:
+            found["since"] = self.since.isoformat()
+        return found
+
+
+@dataclass(frozen=True)
+class ReplayDeadLetters:
+    """Send dead letters again, chosen by ``ids`` or else by ``filter``; ``actor`` is who asks."""
+
+    actor: str
+    ids: tuple[str, ...] = ()
+    filter: DeadLetterFilter = field(default_factory=DeadLetterFilter)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PurgeDeadLetters:
+    """Give up on dead letters, chosen by ``ids`` or else by ``filter``."""
+
+    actor: str
+    ids: tuple[str, ...] = ()
+    filter: DeadLetterFilter = field(default_factory=DeadLetterFilter)
+    dry_run: bool = False

@@ -328,7 +328,8 @@ def dispatch(
     # Still unknown if this error leaves it open, or if an earlier unknown was not looked up.
     unknown = error.ambiguous if isinstance(error, TransientSendError) else False
     unknown = unknown or notification.check_before_send
-    decision = policy.decide(attempt, error)
+    # Counted from the start of the chain: a replayed notification gets the whole budget again.
+    decision = policy.decide(notification.attempts_in_chain, error)
     if isinstance(decision, GiveUp):
         _modify(ledger, nid, lambda n: n.mark_dead_lettered(clock.now(), decision.reason, decision.description))
         log.warning("notification %s dead-lettered: %s", nid, decision.reason)
@@ -626,7 +627,8 @@ def reconcile(
     summary.unconfirmed = len(changed)
 
     for notification in ledger.unqueued(accepted_before=cmd.requeue_before, limit=batch):
-        publisher.send(dispatch_message(notification.id, 1))
+        # The next attempt: 1 for an interrupted intake, later for an interrupted replay.
+        publisher.send(dispatch_message(notification.id, notification.attempts + 1))
         _modify(ledger, notification.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
         summary.requeued += 1
 

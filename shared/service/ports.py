@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Protocol
 
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, Suppression
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, Suppression
 
 
 # ---------------------------------------------------------------------------- clock
@@ -84,6 +84,24 @@ class Ledger(Protocol):
     def purge(self, *, accepted_before: datetime, limit: int) -> int:
         """Delete up to ``limit`` notifications accepted before the cutoff (oldest first), with
         their message ids, and parked reports older than it; returns how many notifications."""
+
+    def dead_lettered(
+        self,
+        *,
+        channel: Channel | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        """Notifications whose status is ``dead_lettered``, newest dead letter first: on
+        ``channel``, with dead-letter ``reason`` (exactly), dead-lettered at or after ``since``."""
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Keep an operator action. Recording an entry with the same id again replaces it (a long
+        action records itself as it goes, then once more when it is finished)."""
+
+    def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Operator actions at or after ``since``, newest first."""
 
 
 # ---------------------------------------------------------------------------- attachments
@@ -196,6 +214,16 @@ class DeadLetteredMessage:
     reason: str
     description: str
     dead_lettered_at: datetime
+
+
+class DeadLetterQueue(Protocol):
+    """The queue's dead-letter sub-queue, for operator tools (``EmbeddedQueue``, ``ServiceBusQueue``)."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        """Browse without locking, oldest first."""
+
+    def remove_dead_letter(self, sequence_number: int) -> bool:
+        """Delete one dead letter; False when it is not there (or another receiver holds it)."""
 
 
 class MessagePublisher(Protocol):
