@@ -205,7 +205,7 @@
           el("h3", { text: CHANNELS[channel] || channel }),
           el("p", { class: "rate", text: percent(r.rate) }),
           el("p", { class: "level", text: level }),
-          el("p", { text: `${r.failures} failures of ${r.sent} sent` }),
+          el("p", { text: `${r.failures} ${r.failures === 1 ? "failure" : "failures"} of ${r.sent} sent` }),
           el("p", { class: "thresholds", text: `Warning at ${percent(rate.warning)}, critical at ${percent(rate.critical)}` }),
           gauge(r.rate, rate.warning, rate.critical)
         );
@@ -213,11 +213,12 @@
     );
   }
 
-  // A bar from 0 to twice the critical threshold (or the rate, if higher), with both thresholds marked.
+  // A bar from 0 to two and a half times the critical threshold, both thresholds marked; a rate
+  // beyond that fills the bar (the number above it says how far).
   function gauge(value, warning, critical) {
     const width = 260;
     const height = 34;
-    const top = Math.max(critical * 2, value * 1.1);
+    const top = critical * 2.5;
     const x = (v) => Math.min(width, (v / top) * width);
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "gauge", "aria-hidden": "true" });
     chart.append(
@@ -225,8 +226,8 @@
       svg("rect", { x: 0, y: 4, width: x(value), height: 12, class: "gauge-value" }),
       svg("line", { x1: x(warning), x2: x(warning), y1: 0, y2: 20, class: "gauge-warning" }),
       svg("line", { x1: x(critical), x2: x(critical), y1: 0, y2: 20, class: "gauge-critical" }),
-      svg("text", { x: x(warning), y: 31, "text-anchor": "middle" }, percent(warning)),
-      svg("text", { x: x(critical), y: 31, "text-anchor": "middle" }, percent(critical))
+      svg("text", { x: x(warning) - 2, y: 31, "text-anchor": "end" }, percent(warning)),
+      svg("text", { x: x(critical) + 2, y: 31, "text-anchor": "start" }, percent(critical))
     );
     return chart;
   }
@@ -284,7 +285,7 @@
   function lineChart(name, series, hours) {
     const width = 640;
     const height = 200;
-    const pad = { left: 40, right: 10, top: 10, bottom: 24 };
+    const pad = { left: 40, right: 24, top: 10, bottom: 24 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const peak = Math.max(1, ...SERIES.flatMap(([key]) => series[key]));
