@@ -151,6 +151,24 @@ def test_the_dead_letters_section_says_when_it_cannot_show_them(page):
     assert page.get_by_role("article", name="Email failure rate").is_visible()
 
 
+def test_a_dead_letter_description_is_shown_as_text_never_run_as_html(page):
+    # A description carries text from outside (an ACS error message); here, markup that would run.
+    hostile = '<img src=x onerror="document.title=\'pwned\'">'
+    listing = {"deadLetters": [{
+        "id": "dl-1", "notificationId": "n-1", "channel": "email", "reason": "RequestRejected",
+        "description": hostile, "deadLetteredAt": "2026-11-22T17:00:00+00:00", "source": "ledger", "replayCount": 0,
+    }]}
+    page.route("**/api/admin/dead-letters*", lambda route: route.fulfill(json=listing))
+    sign_in(page, OPERATOR_KEY)
+
+    table = page.get_by_role("table").filter(has_text="RequestRejected")
+    table.wait_for()
+    [row] = read_table(table)
+    assert row["Description"] == hostile
+    assert page.locator("#dead-letters img").count() == 0
+    assert page.title() == "Notifications: operator dashboard"
+
+
 def test_without_an_operator_key_no_figures_show(page, stack):
     # Before signing in: only the sign-in form.
     assert page.get_by_label("Operator key or token").is_visible()
