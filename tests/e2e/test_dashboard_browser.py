@@ -122,6 +122,12 @@ def test_an_operator_signs_in_and_sees_the_counts_per_channel_and_status(page, t
     assert page.locator("svg.chart").count() == 2
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
+    # A shorter window: six hours, the same notifications (all accepted within the last minutes).
+    page.get_by_label("Window", exact=True).select_option(label="last 6 hours")
+    email_table = page.get_by_role("table").filter(has_text="Email: notifications accepted per hour")
+    wait_until(lambda: email_table.locator("tbody tr").count() == 6, timeout=10, what="six hourly rows")
+    assert column_sum(read_table(email_table), "Sent") == 9
+
 
 def test_the_failure_rate_is_shown_against_its_thresholds(page):
     sign_in(page, OPERATOR_KEY)
