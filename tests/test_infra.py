@@ -21,6 +21,7 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
+from shared.entrypoints.local import DISPATCHER_ENV
 from tests.conftest import ROOT, SETTINGS
 # The app's registered functions: get_functions() can run once per process, and that module runs it.
 from tests.test_function_app import functions as registered_functions
@@ -490,3 +491,10 @@ def test_delivery_reports_reach_the_event_grid_trigger_with_a_dead_letter_and_re
     dead_letter = subscription.nested("properties", "deadLetterWithResourceIdentity")
     assert literal(dead_letter.child("identity").properties()["type"]) == "SystemAssigned"
     assert literal(dead_letter.child("deadLetterDestination").properties()["endpointType"]) == "StorageBlob"
+
+
+def test_the_function_app_gets_the_dispatcher_environment_the_local_supervisor_gives_its_workers():
+    deployed = function_app_settings()
+    for name, value in DISPATCHER_ENV.items():
+        assert name in deployed, f"the Function App lacks {name} (see shared/entrypoints/local.py DISPATCHER_ENV)"
+        assert literal(deployed[name][1]) == value

@@ -24,7 +24,11 @@ Tables (``<prefix><name>``, created on first use):
   for one entity (1 MiB) even so is stored zlib-compressed. ``version`` is an int property.
 * ``save`` reads the entity (a few small properties), refuses when ``version`` differs, and
   replaces it conditionally on the ETag it read: a 412 means another writer came between, and
-  is the same ``ConcurrencyConflict``. Each notification is its own partition, so ``save_many``
+  is the same ``ConcurrencyConflict``. The read is skipped when this adapter read or wrote that
+  very version recently (it remembers version, ETag and index columns of the last 4,096), so a
+  read-modify-save is one read and one write; a remembered ETag that is stale is just a 412.
+* An email's ACS message id is its operation id, which is the notification id, so
+  ``find_by_message_ids`` tries a point read of the notification before the ``messageids`` index. Each notification is its own partition, so ``save_many``
   is one conditional write per notification (run concurrently), not one transaction.
 * ``add`` creates the idempotency-key entity first (409: the key is taken, return its holder),
   then the notification. A key whose holder does not exist was left by an ``add`` that crashed in
@@ -61,7 +65,9 @@ import logging
 import re
 import threading
 import time
+import uuid
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -105,6 +111,14 @@ def encode_key(value: str) -> str:
     if len(encoded) > 512:
         return "!" + hashlib.sha256(value.encode()).hexdigest()
     return encoded
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _status(error: HttpResponseError) -> int | None:
@@ -160,16 +174,17 @@ class TableStore:
     def upsert(self, name: str, entity: dict[str, Any]) -> None:
         self.table(name).upsert_entity(entity, mode=UpdateMode.REPLACE)
 
-    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> bool:
-        """Replace the entity only if it still has ``etag``; False when it changed or is gone."""
+    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> str | None:
+        """Replace the entity only if it still has ``etag`` and return its new ETag; None when it
+        changed or is gone."""
         try:
-            self.table(name).update_entity(
+            written = self.table(name).update_entity(
                 entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             )
-            return True
+            return written["etag"]
         except HttpResponseError as error:
             if _status(error) in (404, 412):
-                return False
+                return None
             raise
 
     def delete(self, name: str, pk: str, rk: str, etag: str | None = None) -> bool:
@@ -371,6 +386,43 @@ class _Indexed:
 
 
 _INDEX_COLUMNS = ["version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash"]
+_REMEMBERED = 4096  # notifications whose last read or write ``save`` can trust without a read
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A notification's entity as this adapter last read or wrote it."""
+
+    version: int
+    etag: str
+    indexed: _Indexed
+
+
+class _SeenEntities:
+    """The version, ETag and index columns of recently read or written notifications, so that a
+    read-modify-save costs one read and one write instead of two reads: ``save`` writes on the
+    remembered ETag, and a stale memory is a 412 like any lost race (the caller re-reads)."""
+
+    def __init__(self, size: int = _REMEMBERED) -> None:
+        self._entries: OrderedDict[str, _Seen] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def remember(self, notification_id: str, seen: _Seen) -> None:
+        with self._lock:
+            self._entries[notification_id] = seen
+            self._entries.move_to_end(notification_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def at_version(self, notification_id: str, version: int) -> _Seen | None:
+        with self._lock:
+            seen = self._entries.get(notification_id)
+        return seen if seen is not None and seen.version == version else None
+
+    def forget(self, notification_id: str) -> None:
+        with self._lock:
+            self._entries.pop(notification_id, None)
 
 
 class TableLedger:
@@ -378,6 +430,7 @@ class TableLedger:
 
     def __init__(self, service: TableServiceClient, *, prefix: str = "notify") -> None:
         self._store = TableStore(service, prefix, _TABLES)
+        self._seen = _SeenEntities()
 
     # ------------------------------------------------------------------ entities
 
@@ -503,7 +556,11 @@ class TableLedger:
 
     def get(self, notification_id: str) -> Notification | None:
         entity = self._store.get(NOTIFICATIONS, encode_key(notification_id), "")
-        return self._load(entity) if entity is not None else None
+        if entity is None:
+            return None
+        notification = self._load(entity)
+        self._seen.remember(notification.id, _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity)))
+        return notification
 
     # ------------------------------------------------------------------ optimistic writes
 
@@ -514,27 +571,36 @@ class TableLedger:
     def save_many(self, notifications: list[Notification]) -> list[Notification]:
         if not notifications:
             return []
-        current = self._store.map(
-            lambda n: self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS), notifications
-        )
+        def current(n: Notification) -> _Seen | None:
+            seen = self._seen.at_version(n.id, n.version)
+            if seen is not None:
+                return seen
+            entity = self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS)
+            if entity is None:
+                return None
+            return _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity))
+
         lost: list[Notification] = []
-        candidates: list[tuple[Notification, TableEntity]] = []
-        for n, entity in zip(notifications, current):
-            if entity is None or entity["version"] != n.version:
+        candidates: list[tuple[Notification, _Seen]] = []
+        for n, seen in zip(notifications, self._store.map(current, notifications)):
+            if seen is None or seen.version != n.version:
                 lost.append(n)
             else:
-                candidates.append((n, entity))
-        self._write_ahead([(n, _Indexed.recorded(e)) for n, e in candidates])
-        def write(candidate: tuple[Notification, TableEntity]) -> bool:
-            n, entity = candidate
-            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"])
+                candidates.append((n, seen))
+        self._write_ahead([(n, seen.indexed) for n, seen in candidates])
+
+        def write(candidate: tuple[Notification, _Seen]) -> str | None:
+            n, seen = candidate
+            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), seen.etag)
 
         written = self._store.map(write, candidates)
         saved = []
-        for (n, entity), ok in zip(candidates, written):
-            if ok:
-                saved.append((n, _Indexed.recorded(entity)))
+        for (n, seen), etag in zip(candidates, written):
+            if etag is not None:
+                saved.append((n, seen.indexed))
+                self._seen.remember(n.id, _Seen(n.version + 1, etag, _Indexed.of(n)))
             else:
+                self._seen.forget(n.id)
                 lost.append(n)
         self._write_behind(saved)
         for n, _ in saved:
@@ -546,6 +612,19 @@ class TableLedger:
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         wanted = sorted(set(message_ids))
+        # An email's message id is its operation id, which is the notification id: one point
+        # read finds the owner, where the index costs a second round trip. SMS ids (and anything
+        # not owned that way) go through the index.
+        direct = [mid for mid in wanted if _is_uuid(mid)]
+        found = {
+            mid: n
+            for mid, n in zip(direct, self._store.map(self.get, direct))
+            if n is not None and mid in n.message_ids
+        }
+        wanted = [mid for mid in wanted if mid not in found]
+        return found | self._find_through_index(wanted)
+
+    def _find_through_index(self, wanted: list[str]) -> dict[str, Notification]:
         owners = self._store.map(
             lambda mid: self._store.get(MESSAGE_IDS, encode_key(mid), "", select=["notification_id"]), wanted
         )
