@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .config import Settings, load_settings
+from .domain.commands import FailureRateThresholds
 from .service.retry import RetryPolicy
 
 #: Matches the Service Bus queue's duplicate detection window in infra.
@@ -32,6 +33,16 @@ class Services:
     def policy(self) -> RetryPolicy:
         s = self.settings
         return RetryPolicy(max_attempts=s.max_send_attempts, base_seconds=s.retry_base_seconds, max_seconds=s.retry_max_seconds)
+
+    @property
+    def failure_rate_thresholds(self) -> FailureRateThresholds:
+        s = self.settings
+        return FailureRateThresholds(
+            warning=s.failure_rate_warning,
+            critical=s.failure_rate_critical,
+            window_minutes=s.failure_rate_window_minutes,
+            min_sent=s.failure_rate_min_sent,
+        )
 
     @cached_property
     def templates(self):

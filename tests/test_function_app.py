@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import subprocess
 from datetime import datetime, timezone
 
 import azure.functions as func
@@ -159,3 +160,29 @@ def test_the_timer_function_marks_overdue_sends_unconfirmed(faked_services):
     functions()["reconcile"].get_user_function()(None)
 
     assert faked_services.ledger.get(nid).status is NotificationStatus.UNCONFIRMED
+
+
+def test_the_http_function_serves_the_dashboard_page_and_its_data_only_to_an_operator(faked_services):
+    page = call_http("GET", "/api/admin/dashboard")
+    assert page.status_code == 200 and b"Operator key or token" in page.get_body()
+    assert call_http("GET", "/api/admin/dashboard/dashboard.js").status_code == 200
+    assert call_http("GET", "/api/admin/dashboard/data").status_code == 401
+    data = call_http("GET", "/api/admin/dashboard/data", headers={"Authorization": "Bearer test-operator"})
+    assert data.status_code == 200 and "failureRate" in json.loads(data.get_body())
+
+
+def test_the_package_keeps_the_dashboard_files_and_leaves_the_tests_out():
+    # .funcignore has .gitignore's syntax, so git itself says what it leaves out of the package.
+    static = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shared" / "entrypoints" / "static").iterdir())
+    assert {"shared/entrypoints/static/dashboard.html", "shared/entrypoints/static/dashboard.js"} <= set(static)
+
+    def left_out(path: str) -> bool:
+        checked = subprocess.run(
+            ["git", "-c", f"core.excludesFile={ROOT / '.funcignore'}", "check-ignore", "--no-index", "-q", path],
+            cwd=ROOT, capture_output=True,
+        )
+        assert checked.returncode in (0, 1), checked.stderr
+        return checked.returncode == 0
+
+    assert left_out("tests/unit/test_dashboard.py")
+    assert [p for p in static if left_out(p)] == []

@@ -57,6 +57,13 @@ class FailureRateThresholds:
     window_minutes: int
     min_sent: int
 
+    def level(self, rate: float, sent: int) -> str | None:
+        """``critical``, ``warning`` or None; too few sends to judge is None too, so a single
+        bounce in a quiet hour raises nothing."""
+        if sent < self.min_sent:
+            return None
+        return "critical" if rate >= self.critical else "warning" if rate >= self.warning else None
+
 
 @dataclass(frozen=True)
 class Reconcile:

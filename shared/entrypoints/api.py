@@ -21,7 +21,7 @@ from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
-from . import admin_api, triggers
+from . import admin_api, dashboard, triggers
 from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
 from .eventgrid import read_events
 from .problems import problem
@@ -446,4 +446,5 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         return handlers.reconciliation_report(ledger=get_services().ledger, start=start, end=end, channel=channel)
 
     admin_api.register(api, get_services, caller)
+    dashboard.register(api, caller, get_services)
     return api

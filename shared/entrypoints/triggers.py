@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from .. import bootstrap
-from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, FailureRateThresholds, Reconcile
+from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, Reconcile
 from ..service import handlers
 from .eventgrid import ParsedEvents, read_events
 
@@ -85,12 +85,7 @@ def run_reconciliation() -> handlers.Reconciled:
     cmd = Reconcile(
         report_deadline=now - timedelta(seconds=s.delivery_report_deadline_seconds),
         requeue_before=now - REQUEUE_AFTER,
-        thresholds=FailureRateThresholds(
-            warning=s.failure_rate_warning,
-            critical=s.failure_rate_critical,
-            window_minutes=s.failure_rate_window_minutes,
-            min_sent=s.failure_rate_min_sent,
-        ),
+        thresholds=svc.failure_rate_thresholds,
         purge_before=now - timedelta(days=s.retention_days),
     )
     return handlers.reconcile(
