@@ -117,7 +117,9 @@ class Worker:
         if self.reconcile:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
         if self.intake:
-            requests = RequestIntake(self.services, self.services.requests_queue, poll_seconds=self.poll_seconds)
+            # Each poll of the embedded queue takes the file's write lock; requests are rare next
+            # to dispatches, so they are polled at a gentler pace than the dispatch queue.
+            requests = RequestIntake(self.services, self.services.requests_queue, poll_seconds=max(self.poll_seconds, 0.5))
             threading.Thread(target=requests.run, args=(self.stopping,), name="requests", daemon=True).start()
         log.info("worker consuming queue %r, %d at a time", self.services.settings.notifications_queue, self.concurrency)
         while not self.stopping.is_set():
