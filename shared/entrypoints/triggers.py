@@ -158,7 +158,7 @@ def request_from_servicebus(message: Any) -> RequestMessage:
 
     return RequestMessage(
         body=body_bytes(message),
-        message_id=str(message.message_id),
+        message_id=str(message.message_id or ""),
         correlation_id=message.correlation_id,
         application_properties=application_properties(message),
     )
@@ -190,7 +190,8 @@ def accept_request_message(message: RequestMessage, svc: bootstrap.Services | No
         elif name.lower() not in _TRACING_PROPERTIES:
             properties[name] = value
     envelope = intake.Envelope(
-        idempotency_key=key if key is not None else message.message_id,
+        # A sender that sets neither gets no idempotency: an empty id must not become one shared key.
+        idempotency_key=key if key is not None else (message.message_id or None),
         correlation_id=message.correlation_id,
         properties=properties,
         correlation_id_field="CorrelationId",

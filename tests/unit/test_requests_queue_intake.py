@@ -85,6 +85,13 @@ def test_without_an_idempotency_key_two_messages_with_different_ids_are_two_noti
     assert first.notification_id != second.notification_id
 
 
+def test_messages_without_an_id_or_a_key_are_not_taken_for_one_another(faked_services):
+    first = accept(faked_services, message(EMAIL, message_id=""))
+    second = accept(faked_services, message(EMAIL, message_id=""))
+
+    assert first.notification_id != second.notification_id
+
+
 def test_a_key_reused_with_another_body_is_refused_as_a_conflict_and_queues_nothing_more(faked_services):
     first = accept(faked_services, message(EMAIL, message_id="m-1", **{"Idempotency-Key": "k"}))
     outcome = accept(faked_services, message(EMAIL | {"text": "Other"}, message_id="m-2", **{"Idempotency-Key": "k"}))
