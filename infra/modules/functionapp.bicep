@@ -3,7 +3,7 @@
 // Insights). Why Flex Consumption rather than Elastic Premium: docs/deploy.md, "Hosting plan".
 //
 // App settings: every setting the app reads (the aliases of shared.config.Settings, plus the
-// binding settings NOTIFICATIONS_QUEUE, RECONCILE_SCHEDULE and the ServiceBusConnection prefix)
+// binding settings NOTIFICATIONS_QUEUE, REQUESTS_QUEUE, RECONCILE_SCHEDULE and the ServiceBusConnection prefix)
 // is set here with its production value; tests/test_infra.py fails when one is missing.
 // Deliberately absent: ACS_ACCESS_KEY and TABLES_CONNECTION_STRING (the identity
 // authenticates; the app refuses both when NOTIFY_ENVIRONMENT=azure), and the runtime settings
@@ -33,6 +33,9 @@ param workspaceId string
 param serviceBusFullyQualifiedNamespace string
 
 param notificationsQueueName string
+
+@description('The queue other apps put notification requests on (the intake trigger binds it).')
+param requestsQueueName string
 
 @description('The queue\'s lock duration, mirrored into QUEUE_LOCK_SECONDS.')
 param queueLockSeconds int
@@ -165,6 +168,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'NOTIFICATIONS_QUEUE'
           value: notificationsQueueName
+        }
+        {
+          name: 'REQUESTS_QUEUE'
+          value: requestsQueueName
         }
         {
           // Six-field NCRONTAB: every five minutes.

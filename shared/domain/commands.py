@@ -31,6 +31,9 @@ class SubmitNotification:
     request_hash: str | None = None
     #: Email only. The bytes go to the attachment store; the ledger keeps their metadata.
     attachments: list[NewAttachment] = field(default_factory=list)
+    #: The caller's own reference and properties, echoed on every status event of the notification.
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,8 @@ class Notification(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The caller that submitted it; senders see only their own notifications.
     owner: str | None = None
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
     request_hash: str | None = None
     created_at: datetime
@@ -264,6 +266,8 @@ class Notification(BaseModel):
         request_hash: str | None = None,
         notification_id: str | None = None,
         owner: str | None = None,
+        correlation_id: str | None = None,
+        caller_properties: dict[str, str] | None = None,
     ) -> Notification:
         notification = cls(
             id=notification_id or str(uuid.uuid4()),
@@ -273,6 +277,8 @@ class Notification(BaseModel):
             content=content,
             metadata=metadata,
             owner=owner,
+            correlation_id=correlation_id,
+            caller_properties=dict(caller_properties or {}),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             created_at=at,

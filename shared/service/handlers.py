@@ -138,6 +138,8 @@ def _candidate(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: 
         idempotency_key=cmd.idempotency_key,
         request_hash=cmd.request_hash,
         owner=cmd.owner,
+        correlation_id=cmd.correlation_id,
+        caller_properties=cmd.caller_properties,
         notification_id=notification_id,
     )
 

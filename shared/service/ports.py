@@ -189,6 +189,8 @@ class OutgoingMessage:
     application_properties: dict[str, Any] = field(default_factory=dict)
     #: When set, the message becomes visible to receivers only at this time (scheduled enqueue).
     scheduled_at: datetime | None = None
+    #: The sender's reference (Service Bus ``CorrelationId``), carried through unchanged.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class ReceivedMessage:
     sequence_number: int
     lock_token: str
     locked_until: datetime
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
