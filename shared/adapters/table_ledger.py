@@ -15,6 +15,7 @@ Tables (``<prefix><name>``, created on first use):
                                                        reached_acs (the reconciliation window)
     followups       PK = "awaiting", RK = "<earliest send still waiting for a report>|<id>"
                     PK = "unqueued", RK = "<created_at>|<id>"
+                    PK = "outbox",   RK = "<created_at>|<id>"  (it has status events to relay)
     parked          PK = message id, RK = event id     parked_at, the report
     parkedevents    PK = event id                      -> message_id (discarding goes by event id)
 
@@ -36,6 +37,16 @@ Tables (``<prefix><name>``, created on first use):
   therefore check each entry against the notification it names, skip those that no longer
   apply, and delete them once they are provably stale (the notification was written well after
   the entry, so no writer can still be about to make it true).
+* Status events wait for the relay inside the notification's document
+  (``pending_status_events``), so they are stored by the very write that stores the change; the
+  ``outbox`` follow-up entry, written ahead like the others, lets the relay find them. Removing
+  published events is a conditional write of the notification that bumps its version (a copy
+  read before cannot bring them back), and only then is the entry deleted, conditionally on the
+  ETag the relay read *before* the notification: a save that wrote the entry ahead of its own
+  write either landed before that read (its events are seen), or is refused by the relay's write
+  (its retry writes the entry again), or rewrote the entry (so the delete fails). An entry whose
+  notification has no events left is settled the same way, with a write that changes nothing but
+  the version.
 * The ``window`` entry is upserted after every successful save, so it carries the status of the
   last save (if two saves' index writes cross, or a process dies between the two writes, it lags
   until the notification's next save). ``status_counts`` reads only the hour partitions the
@@ -65,6 +76,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import quote
 
@@ -73,7 +85,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +287,7 @@ _TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_E
 
 AWAITING = "awaiting"
 UNQUEUED = "unqueued"
+OUTBOX = "outbox"
 
 # A string property holds 64 KiB of UTF-16: 32,768 code units. ASCII is one unit a character;
 # anything else is at most two.
@@ -340,6 +353,7 @@ class _Indexed:
     awaiting: str | None
     unqueued: bool
     message_ids: frozenset[str]
+    outbox: bool = False
 
     @classmethod
     def of(cls, n: Notification) -> _Indexed:
@@ -349,6 +363,7 @@ class _Indexed:
             awaiting=to_text(min(waiting)) if waiting else None,
             unqueued=n.queued_at is None,
             message_ids=frozenset(n.message_ids),
+            outbox=bool(n.pending_status_events),
         )
 
     @classmethod
@@ -358,6 +373,7 @@ class _Indexed:
             awaiting=entity.get("awaiting_since") or None,
             unqueued=bool(entity["unqueued"]),
             message_ids=frozenset(json.loads(entity["message_ids"])),
+            outbox=bool(entity.get("outbox")),
         )
 
     def followups(self, encoded_id: str) -> dict[str, str]:
@@ -367,10 +383,12 @@ class _Indexed:
             entries[AWAITING] = f"{self.awaiting}|{encoded_id}"
         if self.unqueued:
             entries[UNQUEUED] = f"{self.created}|{encoded_id}"
+        if self.outbox:
+            entries[OUTBOX] = f"{self.created}|{encoded_id}"
         return entries
 
 
-_INDEX_COLUMNS = ["version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash"]
+_INDEX_COLUMNS = ["version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "outbox"]
 
 
 class TableLedger:
@@ -395,6 +413,7 @@ class TableLedger:
             "unqueued": indexed.unqueued,
             "reached_acs": n.reached_acs,
             "message_ids": json.dumps(sorted(indexed.message_ids)),
+            "outbox": indexed.outbox,
             **_pack(n.model_dump_json(exclude={"version"})),
         }
         if n.idempotency_key:
@@ -714,6 +733,70 @@ class TableLedger:
             return False
         written, noted = entity.metadata.get("timestamp"), entry.metadata.get("timestamp")
         return written is not None and noted is not None and written - noted > _STALE_MARGIN
+
+    # ------------------------------------------------------------------ status event outbox
+
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        if limit < 1:
+            return []
+        # Each entry names a notification with at least one event, so ``limit`` entries suffice.
+        entries = list(islice(
+            self._store.query(FOLLOWUPS, "PartitionKey eq @pk", {"pk": OUTBOX}, page_size=min(max(limit, 10), 1000)),
+            limit,
+        ))
+        entities = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), entries)
+        groups: list[list[StatusEvent]] = []
+        settled: list[tuple[TableEntity, TableEntity | None]] = []
+        for entry, entity in zip(entries, entities):
+            events = self._load(entity).pending_status_events if entity is not None else []
+            if events:
+                groups.append(sorted(events, key=lambda e: e.sequence))
+            else:
+                settled.append((entry, entity))
+        self._store.map(lambda item: self._drop_outbox_entry(*item), settled)
+        groups.sort(key=lambda g: (g[0].at, g[0].notification_id))
+        return [e for g in groups for e in g][:limit]
+
+    def _drop_outbox_entry(self, entry: TableEntity, entity: TableEntity | None) -> None:
+        """Delete an entry whose notification has no events to relay (see the module docstring)."""
+        if entity is None:
+            noted = entry.metadata.get("timestamp")
+            if noted is not None and datetime.now(timezone.utc) - noted > _ORPHAN_AGE:
+                self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+            return
+        touched = dict(entity) | {"version": entity["version"] + 1, "outbox": False}
+        if self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"]):
+            self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        published: dict[str, set[str]] = {}
+        for event in events:
+            published.setdefault(event.notification_id, set()).add(event.id)
+        self._store.map(lambda item: self._remove_published(*item), list(published.items()))
+
+    def _remove_published(self, notification_id: str, event_ids: set[str]) -> None:
+        pk = encode_key(notification_id)
+        for _ in range(_ADD_TRIES):
+            head = self._store.get(NOTIFICATIONS, pk, "", select=["created_at"])
+            if head is None:
+                return
+            # The entry before the notification: the order the module docstring relies on.
+            entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{pk}")
+            entity = self._store.get(NOTIFICATIONS, pk, "")
+            if entity is None:
+                return
+            n = self._load(entity)
+            remaining = [e for e in n.pending_status_events if e.id not in event_ids]
+            if remaining and len(remaining) == len(n.pending_status_events):
+                return  # removed already
+            n.pending_status_events = remaining
+            if not self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"]):
+                continue  # a writer came between: read again
+            if not remaining and entry is not None:
+                self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"])
+            return
+        log.warning("notification %s: published status events not removed after %d tries; they will be relayed again",
+                    notification_id, _ADD_TRIES)
 
     # ------------------------------------------------------------------ retention
 
