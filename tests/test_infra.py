@@ -348,6 +348,7 @@ def azure_settings(monkeypatch) -> dict[str, str]:
         "TABLES_ENDPOINT": "https://stnotifyprod.table.core.windows.net",
         "ATTACHMENTS_CONTAINER_URL": "https://stnotifyprod.blob.core.windows.net/attachments",
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-notify-prod.servicebus.windows.net",
+        "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify-prod.westeurope-1.eventgrid.azure.net/api/events",
     }
     fields = {field.alias: field for field in Settings.model_fields.values()}
     values = {}

@@ -5,7 +5,7 @@
 * the ACS emulator (``python -m acs_emulator``),
 * the HTTP API on 127.0.0.1:7071 (uvicorn serving the app Azure Functions serves),
 * the worker: the dispatcher consuming the embedded queue with peek-lock, plus the
-  reconciliation timer.
+  reconciliation timer and the status event relay (worker-1 only, as timers fire once in Azure).
 
 Separate processes, as in Azure, so a dispatcher can be killed and restarted on its own.
 """
@@ -110,9 +110,19 @@ class Worker:
             except Exception:
                 log.exception("reconciliation failed; will try again in %.0fs", interval)
 
+    def _relay_loop(self) -> None:
+        # Its own thread: a slow or failing subscriber never holds up the dispatcher.
+        interval = self.services.settings.status_relay_interval_seconds
+        while not self.stopping.wait(interval):
+            try:
+                triggers.relay_status_events()
+            except Exception:
+                log.exception("status event relay failed; will try again in %.1fs", interval)
+
     def run(self) -> None:
         if self.reconcile:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
+            threading.Thread(target=self._relay_loop, name="status-relay", daemon=True).start()
         log.info("worker consuming queue %r, %d at a time", self.services.settings.notifications_queue, self.concurrency)
         while not self.stopping.is_set():
             self.run_once()

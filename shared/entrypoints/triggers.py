@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import bootstrap
 from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, FailureRateThresholds, Reconcile
-from ..service import handlers
+from ..service import handlers, status_events
 from .eventgrid import ParsedEvents, read_events
 
 log = logging.getLogger(__name__)
@@ -95,4 +95,15 @@ def run_reconciliation() -> handlers.Reconciled:
     )
     return handlers.reconcile(
         cmd, ledger=svc.ledger, publisher=svc.publisher, suppressions=svc.suppressions, clock=svc.clock
+    )
+
+
+def relay_status_events() -> status_events.StatusEventsRelayed:
+    svc = bootstrap.services()
+    return status_events.relay_status_events(
+        svc.status_relay_command,
+        ledger=svc.ledger,
+        destinations=svc.status_destinations,
+        policy=svc.status_relay_policy,
+        clock=svc.clock,
     )
