@@ -13,8 +13,9 @@
   before it succeeded. At-least-once: a crash between publishing and removing publishes a batch
   again, with the same CloudEvent ``id``s, which is how subscribers recognise duplicates.
 * A destination that refuses the content of a batch (400, 413) gets its events one at a time, so
-  one bad event cannot hold up the rest; the refused event stays in the outbox, and the
-  notification's later events wait behind it so that none overtakes it.
+  one bad event cannot hold up the rest: the refused event stays in the outbox with a backoff of
+  its own, the notification's later events wait behind it so that none overtakes it, and the
+  destination itself carries on at full speed.
 * With no destination configured the events are removed as relayed, as an Event Grid topic
   without subscriptions drops them.
 """
@@ -80,6 +81,8 @@ class Destination:
     retry_at: datetime | None = None
     #: Events this destination took that are still in the outbox (another destination is behind).
     delivered: set[str] = field(default_factory=set)
+    #: Events it refused as such (400, 413): id -> (refusals in a row, next try).
+    held: dict[str, tuple[int, datetime]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -146,8 +149,10 @@ def relay_status_events(
             for destination in destinations:
                 destination.delivered -= finished
             summary.published += len(done)
-        if len(done) < len(events):
-            summary.kept = len(events) - len(done)
+        summary.kept = len(events) - len(done)
+        # Go on while the outbox moves: events refused as such wait for their own retry at the
+        # head of the outbox, but a destination that failed waits for its backoff.
+        if summary.kept and (not done or any(not d.ready(now) for d in destinations)):
             break
     summary.failing = [d.name for d in destinations if d.failures]
     if summary.published or summary.discarded:
@@ -159,45 +164,69 @@ def relay_status_events(
 def _publish(
     cmd: RelayStatusEvents, destination: Destination, events: list[StatusEvent], policy: RetryPolicy, now: datetime
 ) -> None:
-    todo = [e for e in events if e.id not in destination.delivered]
+    todo, waiting = [], set()
+    for event in events:
+        if event.id in destination.delivered or event.notification_id in waiting:
+            continue
+        held = destination.held.get(event.id)
+        if held is not None and held[1] > now:
+            waiting.add(event.notification_id)  # its later events stay behind it
+            continue
+        todo.append(event)
     if not todo:
         return
-    payload = [cloud_event(e, type_prefix=cmd.type_prefix, source=cmd.source) for e in todo]
     try:
-        destination.publisher.publish(payload)
+        destination.publisher.publish([cloud_event(e, type_prefix=cmd.type_prefix, source=cmd.source) for e in todo])
     except StatusPublishRejected as error:
-        if len(todo) == 1 or not _one_by_one(cmd, destination, todo):
-            destination.failed(error, now, policy, kept=len(todo) - _taken(destination, todo))
+        if len(todo) == 1:
+            _hold(destination, todo[0], error, policy, now)
+        elif not _one_by_one(cmd, destination, todo, policy, now):
+            destination.failed(error, now, policy, kept=sum(e.id not in destination.delivered for e in todo))
             return
     except StatusPublishFailed as error:
         destination.failed(error, now, policy, kept=len(todo))
         return
     else:
-        destination.delivered.update(e.id for e in todo)
+        _took(destination, todo)
     destination.succeeded()
 
 
-def _taken(destination: Destination, events: list[StatusEvent]) -> int:
-    return sum(e.id in destination.delivered for e in events)
-
-
-def _one_by_one(cmd: RelayStatusEvents, destination: Destination, events: list[StatusEvent]) -> bool:
-    """Publish each event alone, in order; True when every one was taken. A notification whose
-    event was refused sends nothing more this time, so its events stay in order."""
-    blocked: set[str] = set()
+def _took(destination: Destination, events: list[StatusEvent]) -> None:
     for event in events:
-        if event.notification_id in blocked:
+        destination.delivered.add(event.id)
+        destination.held.pop(event.id, None)
+
+
+def _hold(destination: Destination, event: StatusEvent, error: StatusPublishFailed, policy: RetryPolicy,
+          now: datetime) -> None:
+    refusals = destination.held.get(event.id, (0, now))[0] + 1
+    delay = policy.backoff(refusals, error.retry_after)
+    destination.held[event.id] = (refusals, now + timedelta(seconds=delay))
+    log.warning(
+        "status event %s (%s, notification %s, sequence %d) refused by %s %d time(s): %s; kept in the outbox,"
+        " next try in %.1fs",
+        event.id, event.status.value, event.notification_id, event.sequence, destination.name, refusals,
+        error.message, delay,
+        extra={"event": "notify.status_event_refused", "destination": destination.name, "refusals": refusals},
+    )
+
+
+def _one_by_one(
+    cmd: RelayStatusEvents, destination: Destination, events: list[StatusEvent], policy: RetryPolicy, now: datetime
+) -> bool:
+    """Publish each event alone, in order, holding back the ones refused (and their notification's
+    later events); False when the destination failed otherwise (it is down, not picky)."""
+    waiting: set[str] = set()
+    for event in events:
+        if event.notification_id in waiting:
             continue
         try:
             destination.publisher.publish([cloud_event(event, type_prefix=cmd.type_prefix, source=cmd.source)])
         except StatusPublishRejected as error:
-            blocked.add(event.notification_id)
-            log.warning(
-                "status event %s (%s, notification %s, sequence %d) refused by %s: %s; kept in the outbox",
-                event.id, event.status.value, event.notification_id, event.sequence, destination.name, error.message,
-            )
+            waiting.add(event.notification_id)
+            _hold(destination, event, error, policy, now)
             continue
         except StatusPublishFailed:
             return False
-        destination.delivered.add(event.id)
-    return not blocked
+        _took(destination, [event])
+    return True

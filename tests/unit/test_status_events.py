@@ -308,27 +308,59 @@ def test_a_healthy_subscriber_is_not_held_back_or_sent_duplicates_by_a_failing_o
     assert world.ledger.outbox == {}
 
 
+class RefusesSome(FakeStatusEventPublisher):
+    """A topic that answers 400 to any batch holding one of ``refused`` (as Event Grid does to an
+    event it will not take), for as long as the id is in the set."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__("topic")
+        self.refused = refused
+
+    def publish(self, events):
+        if any(e["id"] in self.refused for e in events):
+            self.calls += 1
+            raise StatusPublishRejected("HTTP 400: event too large", status_code=400)
+        super().publish(events)
+
+
 def test_an_event_the_destination_refuses_is_kept_while_the_others_go_out_and_its_successors_wait():
     world = World()
     bad, _ = world.submit(email_command("jane@example.com"))
     good, _ = world.submit(email_command("bob@example.com"))
     world.dispatch(bad.id)
     bad_accepted = next(e.id for e in world.ledger.outbox.values() if e.notification_id == bad.id)
-
-    class RefusesOne(FakeStatusEventPublisher):
-        def publish(self, events):
-            if any(e["id"] == bad_accepted for e in events):
-                self.calls += 1
-                raise StatusPublishRejected("HTTP 400: event too large", status_code=400)
-            super().publish(events)
-
-    topic = RefusesOne("topic")
+    topic = RefusesSome({bad_accepted})
     destination = Destination(topic)
+
     relay(world, destination)
 
     assert [(e["data"]["id"], e["data"]["status"]) for e in topic.events] == [(good.id, "accepted")]
     assert outbox(world) == [("accepted", None), ("sent", "j***@example.com")]
-    assert destination.failures == 1
+    assert destination.failures == 0 and destination.held[bad_accepted][0] == 1
+
+
+def test_a_refused_event_does_not_slow_the_others_and_goes_out_once_taken():
+    world = World()
+    bad, _ = world.submit(email_command("jane@example.com"))
+    bad_accepted = next(iter(world.ledger.outbox))
+    topic = RefusesSome({bad_accepted})
+    destination = Destination(topic)
+    relay(world, destination)
+    calls = topic.calls
+
+    later, _ = world.submit(email_command("bob@example.com"))
+    relay(world, destination)  # the refused one waits for its own backoff (1 s): not sent again
+    assert [e["data"]["id"] for e in topic.events] == [later.id]
+    assert topic.calls == calls + 1
+
+    topic.refused.clear()  # say the topic's limit was raised
+    world.dispatch(bad.id)
+    world.clock.advance(1)
+    relay(world, destination)
+    assert [(e["data"]["id"], e["data"]["status"]) for e in topic.events] == [
+        (later.id, "accepted"), (bad.id, "accepted"), (bad.id, "sent"),
+    ]
+    assert world.ledger.outbox == {} and destination.held == {}
 
 
 def test_with_no_destination_the_outbox_is_drained_as_a_topic_without_subscribers_would():
