@@ -17,6 +17,7 @@ Tables (``<prefix><name>``, created on first use):
                     PK = "unqueued", RK = "<created_at>|<id>"
                     PK = "deadletters", RK = "<dead-lettered at, newest first>|<id>": channel, reason
     audit           PK = "audit", RK = "<time, newest first>|<id>"  operator actions
+                    PK = "outbox",   RK = "<created_at>|<id>"  (it has status events to relay)
     parked          PK = message id, RK = event id     parked_at, the report
     parkedevents    PK = event id                      -> message_id (discarding goes by event id)
 
@@ -26,12 +27,13 @@ Tables (``<prefix><name>``, created on first use):
   for one entity (1 MiB) even so is stored zlib-compressed. ``version`` is an int property.
 * ``save`` reads the entity (a few small properties), refuses when ``version`` differs, and
   replaces it conditionally on the ETag it read: a 412 means another writer came between, and
-  is the same ``ConcurrencyConflict``. The read is skipped when this adapter read or wrote that
-  very version recently (it remembers version, ETag and index columns of the last 4,096), so a
-  read-modify-save is one read and one write; a remembered ETag that is stale is just a 412.
+  is the same ``ConcurrencyConflict``. Each notification is its own partition, so ``save_many``
+  is one conditional write per notification (run concurrently), not one transaction. The read is
+  skipped when this adapter read or wrote that very version recently (it remembers version, ETag
+  and index columns of the last 4,096), so a read-modify-save is one read and one write; a
+  remembered ETag that is stale is just a 412.
 * An email's ACS message id is its operation id, which is the notification id, so
-  ``find_by_message_ids`` tries a point read of the notification before the ``messageids`` index. Each notification is its own partition, so ``save_many``
-  is one conditional write per notification (run concurrently), not one transaction.
+  ``find_by_message_ids`` tries a point read of the notification before the ``messageids`` index.
 * ``add`` creates the idempotency-key entity first (409: the key is taken, return its holder),
   then the notification. A key whose holder does not exist was left by an ``add`` that crashed in
   between: it is taken over with an ETag-conditional write, and an ``add`` that finds it lost
@@ -42,6 +44,16 @@ Tables (``<prefix><name>``, created on first use):
   therefore check each entry against the notification it names, skip those that no longer
   apply, and delete them once they are provably stale (the notification was written well after
   the entry, so no writer can still be about to make it true).
+* Status events wait for the relay inside the notification's document
+  (``pending_status_events``), so they are stored by the very write that stores the change; the
+  ``outbox`` follow-up entry, written ahead like the others, lets the relay find them. Removing
+  published events is a conditional write of the notification that bumps its version (a copy
+  read before cannot bring them back), and only then is the entry deleted, conditionally on the
+  ETag the relay read *before* the notification: a save that wrote the entry ahead of its own
+  write either landed before that read (its events are seen), or is refused by the relay's write
+  (its retry writes the entry again), or rewrote the entry (so the delete fails). An entry whose
+  notification has no events left is settled the same way, with a write that changes nothing but
+  the version.
 * The ``window`` entry is upserted after every successful save, so it carries the status of the
   last save (if two saves' index writes cross, or a process dies between the two writes, it lags
   until the notification's next save). ``status_counts`` reads only the hour partitions the
@@ -77,6 +89,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import quote
 
@@ -85,7 +98,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +311,7 @@ _TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_E
 AWAITING = "awaiting"
 UNQUEUED = "unqueued"
 DEAD_LETTERS = "deadletters"
+OUTBOX = "outbox"
 
 # A string property holds 64 KiB of UTF-16: 32,768 code units. ASCII is one unit a character;
 # anything else is at most two.
@@ -380,6 +394,7 @@ class _Indexed:
     message_ids: frozenset[str]
     #: When it was dead-lettered, while its status is dead_lettered.
     dead: str | None = None
+    outbox: bool = False
 
     @classmethod
     def of(cls, n: Notification) -> _Indexed:
@@ -391,6 +406,7 @@ class _Indexed:
             unqueued=n.queued_at is None,
             message_ids=frozenset(n.message_ids),
             dead=to_text(dead.at) if dead else None,
+            outbox=bool(n.pending_status_events),
         )
 
     @classmethod
@@ -401,6 +417,7 @@ class _Indexed:
             unqueued=bool(entity["unqueued"]),
             message_ids=frozenset(json.loads(entity["message_ids"])),
             dead=entity.get("dead_lettered_at") or None,
+            outbox=bool(entity.get("outbox")),
         )
 
     def followups(self, encoded_id: str) -> dict[str, str]:
@@ -412,11 +429,13 @@ class _Indexed:
             entries[UNQUEUED] = f"{self.created}|{encoded_id}"
         if self.dead:
             entries[DEAD_LETTERS] = f"{_newest_first(from_text(self.dead))}|{encoded_id}"
+        if self.outbox:
+            entries[OUTBOX] = f"{self.created}|{encoded_id}"
         return entries
 
 
 _INDEX_COLUMNS = [
-    "version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "dead_lettered_at",
+    "version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "dead_lettered_at", "outbox",
 ]
 _REMEMBERED = 4096  # notifications whose last read or write ``save`` can trust without a read
 
@@ -481,6 +500,7 @@ class TableLedger:
             "unqueued": indexed.unqueued,
             "reached_acs": n.reached_acs,
             "message_ids": json.dumps(sorted(indexed.message_ids)),
+            "outbox": indexed.outbox,
             **_pack(n.model_dump_json(exclude={"version"})),
         }
         if n.idempotency_key:
@@ -903,6 +923,69 @@ class TableLedger:
             parameters["end"] = _since(since)
         rows = self._store.query(AUDIT, query_filter, parameters, page_size=min(limit, 1000))
         return [AuditEntry.model_validate_json(_unpack(e)) for _, e in zip(range(limit), rows)]
+    # ------------------------------------------------------------------ status event outbox
+
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        if limit < 1:
+            return []
+        # Each entry names a notification with at least one event, so ``limit`` entries suffice.
+        entries = list(islice(
+            self._store.query(FOLLOWUPS, "PartitionKey eq @pk", {"pk": OUTBOX}, page_size=min(max(limit, 10), 1000)),
+            limit,
+        ))
+        entities = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), entries)
+        groups: list[list[StatusEvent]] = []
+        settled: list[tuple[TableEntity, TableEntity | None]] = []
+        for entry, entity in zip(entries, entities):
+            events = self._load(entity).pending_status_events if entity is not None else []
+            if events:
+                groups.append(sorted(events, key=lambda e: e.sequence))
+            else:
+                settled.append((entry, entity))
+        self._store.map(lambda item: self._drop_outbox_entry(*item), settled)
+        groups.sort(key=lambda g: (g[0].at, g[0].notification_id))
+        return [e for g in groups for e in g][:limit]
+
+    def _drop_outbox_entry(self, entry: TableEntity, entity: TableEntity | None) -> None:
+        """Delete an entry whose notification has no events to relay (see the module docstring)."""
+        if entity is None:
+            noted = entry.metadata.get("timestamp")
+            if noted is not None and datetime.now(timezone.utc) - noted > _ORPHAN_AGE:
+                self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+            return
+        touched = dict(entity) | {"version": entity["version"] + 1, "outbox": False}
+        if self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"]):
+            self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        published: dict[str, set[str]] = {}
+        for event in events:
+            published.setdefault(event.notification_id, set()).add(event.id)
+        self._store.map(lambda item: self._remove_published(*item), list(published.items()))
+
+    def _remove_published(self, notification_id: str, event_ids: set[str]) -> None:
+        pk = encode_key(notification_id)
+        for _ in range(_ADD_TRIES):
+            head = self._store.get(NOTIFICATIONS, pk, "", select=["created_at"])
+            if head is None:
+                return
+            # The entry before the notification: the order the module docstring relies on.
+            entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{pk}")
+            entity = self._store.get(NOTIFICATIONS, pk, "")
+            if entity is None:
+                return
+            n = self._load(entity)
+            remaining = [e for e in n.pending_status_events if e.id not in event_ids]
+            if remaining and len(remaining) == len(n.pending_status_events):
+                return  # removed already
+            n.pending_status_events = remaining
+            if not self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"]):
+                continue  # a writer came between: read again
+            if not remaining and entry is not None:
+                self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"])
+            return
+        log.warning("notification %s: published status events not removed after %d tries; they will be relayed again",
+                    notification_id, _ADD_TRIES)
 
     # ------------------------------------------------------------------ retention
 

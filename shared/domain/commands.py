@@ -120,3 +120,15 @@ class PurgeDeadLetters:
     ids: tuple[str, ...] = ()
     filter: DeadLetterFilter = field(default_factory=DeadLetterFilter)
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RelayStatusEvents:
+    #: CloudEvent ``type`` is ``<type_prefix>.notification.<status>``.
+    type_prefix: str = "Notify"
+    #: CloudEvent ``source``: which service (and environment) the events come from.
+    source: str = "/notify"
+    #: Events read from the outbox and published per request (Event Grid takes up to 1 MB).
+    batch_size: int = 100
+    #: A run stops after this many batches, so a timer run stays short.
+    max_batches: int = 20

@@ -70,9 +70,11 @@ def api(host: str = "127.0.0.1", port: int = 7071) -> None:
 
 @cli.command()
 def worker(
-    reconcile: bool = typer.Option(True, help="Also run the reconciliation timer (one worker per stack should)."),
+    reconcile: bool = typer.Option(
+        True, help="Also run the reconciliation timer and the status event relay (one worker per stack should)."
+    ),
 ) -> None:
-    """Run only the dispatcher worker (and the reconciliation timer)."""
+    """Run only the dispatcher worker (and the reconciliation timer and status event relay)."""
     _setup()
     local.run_worker(reconcile=reconcile)
 

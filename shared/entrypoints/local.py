@@ -5,7 +5,8 @@
 * the ACS emulator (``python -m acs_emulator``),
 * the HTTP API on 127.0.0.1:7071 (uvicorn serving the app Azure Functions serves),
 * the worker: the dispatcher consuming the embedded queue with peek-lock, the intake of the
-  requests queue (what the Service Bus intake trigger does in Azure), and the reconciliation timer.
+  requests queue (what the Service Bus intake trigger does in Azure), plus the reconciliation timer
+  and the status event relay (worker-1 only, as timers fire once in Azure).
 
 Separate processes, as in Azure, so a dispatcher can be killed and restarted on its own.
 """
@@ -113,6 +114,15 @@ class Worker:
             except Exception:
                 log.exception("reconciliation failed; will try again in %.0fs", interval)
 
+    def _relay_loop(self) -> None:
+        # Its own thread: a slow or failing subscriber never holds up the dispatcher.
+        interval = self.services.settings.status_relay_interval_seconds
+        while not self.stopping.wait(interval):
+            try:
+                triggers.relay_status_events()
+            except Exception:
+                log.exception("status event relay failed; will try again in %.1fs", interval)
+
     def run(self) -> None:
         if self.reconcile:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
@@ -121,6 +131,7 @@ class Worker:
             # to dispatches, so they are polled at a gentler pace than the dispatch queue.
             requests = RequestIntake(self.services, self.services.requests_queue, poll_seconds=max(self.poll_seconds, 0.5))
             threading.Thread(target=requests.run, args=(self.stopping,), name="requests", daemon=True).start()
+            threading.Thread(target=self._relay_loop, name="status-relay", daemon=True).start()
         log.info("worker consuming queue %r, %d at a time", self.services.settings.notifications_queue, self.concurrency)
         while not self.stopping.is_set():
             self.run_once()

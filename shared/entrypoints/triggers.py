@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from .. import bootstrap
 from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, Reconcile
 from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest
-from ..service import handlers
+from ..service import handlers, status_events
 from ..service.ports import ReceivedMessage
 from . import intake
 from .eventgrid import ParsedEvents, read_events
@@ -235,3 +235,14 @@ def _description(problem: dict[str, Any]) -> str:
         omitted += 1
         text = json.dumps(problem | {"errors": errors, "errorsOmitted": omitted}, ensure_ascii=False, separators=(",", ":"))
     return text[:MAX_DESCRIPTION_LENGTH]
+
+
+def relay_status_events() -> status_events.StatusEventsRelayed:
+    svc = bootstrap.services()
+    return status_events.relay_status_events(
+        svc.status_relay_command,
+        ledger=svc.ledger,
+        destinations=svc.status_destinations,
+        policy=svc.status_relay_policy,
+        clock=svc.clock,
+    )
