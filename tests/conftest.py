@@ -9,7 +9,7 @@ from tests.fakes import (
     FakeClock,
     FakeEmailSender,
     FakeLedger,
-    FakePublisher,
+    FakeQueue,
     FakeSmsSender,
     FakeSuppressionList,
     UnlimitedRateLimiter,
@@ -34,7 +34,7 @@ def fake_services(**overrides: str) -> bootstrap.Services:
     services = bootstrap.Services(Settings(**(SETTINGS | overrides)))
     services.clock = FakeClock()
     services.ledger = FakeLedger()
-    services.queue = FakePublisher()
+    services.queue = FakeQueue()
     services.attachments = FakeAttachmentStore()
     services.email_sender = FakeEmailSender()
     services.sms_sender = FakeSmsSender()

@@ -58,8 +58,11 @@ def auth(case) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[role_for(case.method, case.path)]}"}
 
 
-# Valid requests only: a workflow needs its first step accepted to have a second.
-workflow_schema = schemathesis.openapi.from_asgi("/api/openapi.json", create_api(lambda: SERVICES))
+# Valid requests only: a workflow needs its first step accepted to have a second. Only the
+# notification routes, so its steps are not spent on the operators' links.
+workflow_schema = schemathesis.openapi.from_asgi("/api/openapi.json", create_api(lambda: SERVICES)).include(
+    path_regex="^/api/notifications"
+)
 workflow_schema.config.generation.update(modes=["positive"], max_examples=EXAMPLES, deterministic=True)
 
 

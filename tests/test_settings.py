@@ -57,6 +57,10 @@ def settings_with(**changes):
         ({"DISPLAY_NAME_MAX_CHARS": "0"}, "DISPLAY_NAME_MAX_CHARS"),
         ({"IDEMPOTENCY_KEY_MAX_CHARS": "0"}, "IDEMPOTENCY_KEY_MAX_CHARS"),
         ({"METADATA_MAX_BYTES": "1"}, "METADATA_MAX_BYTES"),
+        ({"STATUS_EVENT_SUBSCRIBERS": "http://127.0.0.1:9000/hook,localhost:9001"}, "STATUS_EVENT_SUBSCRIBERS"),
+        ({"STATUS_EVENTS_TOPIC_ENDPOINT": "mytopic.westeurope-1.eventgrid.azure.net"}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
+        ({"STATUS_EVENT_TYPE_PREFIX": "Notify."}, "STATUS_EVENT_TYPE_PREFIX"),
+        ({"STATUS_RELAY_RETRY_BASE_SECONDS": "10", "STATUS_RELAY_RETRY_MAX_SECONDS": "5"}, "STATUS_RELAY_RETRY_MAX_SECONDS"),
     ],
 )
 def test_an_invalid_setting_is_refused_by_name(changes, named):
@@ -86,6 +90,7 @@ AZURE = {
     "QUEUE_BACKEND": "servicebus",
     "ServiceBusConnection__fullyQualifiedNamespace": "notify.servicebus.windows.net",
     "ATTACHMENTS_CONTAINER_URL": "https://notify.blob.core.windows.net/attachments",
+    "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify.westeurope-1.eventgrid.azure.net/api/events",
 }
 
 
@@ -107,6 +112,8 @@ def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
         ({"ENTRA_JWKS_URL": "http://keys.example.com/keys"}, "ENTRA_JWKS_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": None}, "ATTACHMENTS_CONTAINER_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": "http://notify.blob.core.windows.net/attachments"}, "ATTACHMENTS_CONTAINER_URL"),
+        ({"STATUS_EVENTS_TOPIC_ENDPOINT": None}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
+        ({"STATUS_EVENT_SUBSCRIBERS": "https://hooks.example.com/notify"}, "STATUS_EVENT_SUBSCRIBERS"),
     ],
 )
 def test_in_azure_secrets_and_local_backends_are_refused_by_name(changes, named):
@@ -125,6 +132,18 @@ def test_in_azure_bootstrap_builds_the_service_bus_queue_and_identity_clients_wi
     assert services.table_service.url.startswith("https://notify.table.core.windows.net")
     assert type(services.attachments).__name__ == "BlobAttachmentStore"
     assert services.attachments._container.url == "https://notify.blob.core.windows.net/attachments"
+    [topic] = services.status_destinations
+    assert type(topic.publisher).__name__ == "EventGridTopic"
+    assert topic.publisher._client._credential is credential
+
+
+def test_locally_each_subscriber_url_is_its_own_status_event_destination():
+    from shared.bootstrap import Services
+
+    services = Services(settings_with(STATUS_EVENT_SUBSCRIBERS=" http://127.0.0.1:9000/a , http://127.0.0.1:9001/b?code=x"))
+
+    assert [d.name for d in services.status_destinations] == ["http://127.0.0.1:9000/a", "http://127.0.0.1:9001/b"]
+    assert Services(settings_with()).status_destinations == []
 
 
 def test_attachment_limits_default_to_what_fits_acs_10_mb_email_request():

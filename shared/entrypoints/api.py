@@ -21,7 +21,7 @@ from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
-from . import triggers
+from . import admin_api, dashboard, triggers
 from .auth import (
     WEBHOOK_SECRET_HEADER,
     WEBHOOK_SECRET_QUERY,
@@ -34,8 +34,8 @@ from .auth import (
     authorize,
 )
 from .eventgrid import read_events
+from .intake import Envelope, idempotency_key_error, openapi_component_schemas, openapi_request_schema, parse_request
 from .problems import PROBLEM_SCHEMA, problem, problem_responses
-from .schemas import check_single_line, openapi_component_schemas, openapi_request_schema, parse_notification_request
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ def notification_view(n: Notification) -> dict[str, Any]:
             for r in n.recipients
         ],
         "metadata": n.metadata,
+        "correlationId": n.correlation_id,
+        "properties": n.caller_properties,
         "deadLetter": n.dead_letter.model_dump(mode="json") if n.dead_letter else None,
         "history": [h.model_dump(mode="json", exclude_none=True) for h in n.history],
     }
@@ -150,18 +152,6 @@ def _batch_items(body: Any) -> list[Any]:
     return items
 
 
-def idempotency_key_error(key: Any, limit: int) -> str | None:
-    """Why ``key`` cannot be an idempotency key, or None. It is stored and compared, and echoed
-    in logs and problems: one line of at most ``limit`` characters."""
-    if not isinstance(key, str) or not (0 < len(key) <= limit):
-        return f"must be a string of 1 to {limit} characters"
-    try:
-        check_single_line(key, allow_tab=False)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> SubmitNotification:
     """One item, validated exactly as the single route validates a body plus its Idempotency-Key
     header; the key travels in the item as ``idempotencyKey`` and is not part of the body hash."""
@@ -176,7 +166,7 @@ def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> Sub
             key_errors.append(FieldError("/idempotencyKey", message))
             key = None
     try:
-        cmd = parse_notification_request(item, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=caller_id)
+        cmd = parse_request(item, settings=svc.settings, templates=svc.templates, caller=caller_id, envelope=Envelope(idempotency_key=key))
     except InvalidRequest as exc:
         raise InvalidRequest(key_errors + exc.errors, exc.detail) from None
     if key_errors:
@@ -289,6 +279,24 @@ NOTIFICATION_SCHEMA: dict[str, Any] = {
 }
 
 
+def _hoist_defs(node: Any, components: dict[str, Any]) -> None:
+    """Move the ``$defs`` of schemas embedded in the document (a model's ``model_json_schema()``)
+    into ``components/schemas``: their ``#/$defs/...`` references resolve against the document's
+    root, where there are no ``$defs``."""
+    if isinstance(node, dict):
+        for name, definition in node.pop("$defs", {}).items():
+            if components.setdefault(name, definition) != definition:
+                raise ValueError(f"two different schemas are named {name} in the OpenAPI document")
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            node["$ref"] = "#/components/schemas/" + ref.removeprefix("#/$defs/")
+        for value in node.values():
+            _hoist_defs(value, components)
+    elif isinstance(node, list):
+        for value in node:
+            _hoist_defs(value, components)
+
+
 def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -392,14 +400,24 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         # key on the local stack (docs/security.md).
         if api.openapi_schema is None:
             schema = default_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_component_schemas())
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(openapi_component_schemas())
+            _hoist_defs(schema, components)
             schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Entra ID access token (or a dev key locally)"}
             }
             for path, operations in schema["paths"].items():
-                if path != "/api/health":
-                    for operation in operations.values():
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    if path != "/api/health":
                         operation["security"] = [{"bearer": []}]
+                        # Any authenticated route: no or a bad token, no role, the key set out of
+                        # reach, or a bug; each a problem (shared/entrypoints/problems.py).
+                        for status, response in problem_responses(401, 403, 500, 503).items():
+                            responses.setdefault(str(status), response)
+                    if "422" in responses and "application/json" in responses["422"].get("content", {}):
+                        # FastAPI's default for invalid parameters; ours answers a problem instead.
+                        responses["422"] = problem_responses(422)[422]
             # The key's limit is a setting; the document is built once, on its first request.
             limit = get_services().settings.idempotency_key_max_chars
             submit = schema["paths"]["/api/notifications"]["post"]
@@ -448,20 +466,19 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
                     "required": False,
                     "description": "At most IDEMPOTENCY_KEY_MAX_CHARS characters, no control characters",
                     "schema": {"type": "string", "minLength": 1},
-                }
+                },
+                {"name": "X-Correlation-Id", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
         },
     )
     async def submit(request: Request) -> Response:
         principal = await run_in_threadpool(caller, request, "sender")
         svc = get_services()
-        key = request.headers.get("idempotency-key")
-        if key is not None and (message := idempotency_key_error(key, svc.settings.idempotency_key_max_chars)) is not None:
-            raise InvalidRequest([FieldError("Idempotency-Key", message)])
-        body = await _json_body(request, svc.settings.max_request_bytes)
-        cmd = parse_notification_request(
-            body, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=principal.id
+        envelope = Envelope(
+            idempotency_key=request.headers.get("idempotency-key"), correlation_id=request.headers.get("x-correlation-id")
         )
+        body = await _json_body(request, svc.settings.max_request_bytes)
+        cmd = parse_request(body, settings=svc.settings, templates=svc.templates, caller=principal.id, envelope=envelope)
         notification, created = await run_in_threadpool(
             handlers.submit_notification,
             cmd,
@@ -619,4 +636,6 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             raise InvalidRequest([FieldError("from", "must be before 'to'")])
         return handlers.reconciliation_report(ledger=get_services().ledger, start=start, end=end, channel=channel)
 
+    admin_api.register(api, get_services, caller)
+    dashboard.register(api, caller, get_services)
     return api

@@ -420,6 +420,8 @@ def parse_notification_request(
 
 #: Where the request models live in the OpenAPI document.
 OPENAPI_SCHEMAS = "#/components/schemas/"
+#: The request body's models, by their name in the document.
+REQUEST_MODELS = ("EmailRequest", "SmsRequest")
 
 
 def openapi_request_schema() -> dict[str, Any]:
