@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     email_html_max_bytes: int = Field(1024 * 1024, alias="EMAIL_HTML_MAX_BYTES", ge=1)
     sms_max_chars: int = Field(ACS_SMS_MAX_CHARS, alias="SMS_MAX_CHARS", ge=1, le=ACS_SMS_MAX_CHARS)
     display_name_max_chars: int = Field(256, alias="DISPLAY_NAME_MAX_CHARS", ge=1, le=RFC5322_LINE_CHARS)
-    idempotency_key_max_chars: int = Field(200, alias="IDEMPOTENCY_KEY_MAX_CHARS", ge=1, le=1024)
+    # At least 128: on the requests queue a Service Bus message id (up to 128) stands in for the key.
+    idempotency_key_max_chars: int = Field(200, alias="IDEMPOTENCY_KEY_MAX_CHARS", ge=128, le=1024)
     metadata_max_bytes: int = Field(4096, alias="METADATA_MAX_BYTES", ge=2)
 
     # Email attachments. 7 MiB of content is 9.3 MiB once base64-encoded, which leaves room in

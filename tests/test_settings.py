@@ -55,7 +55,7 @@ def settings_with(**changes):
         ({"EMAIL_TEXT_MAX_BYTES": "0"}, "EMAIL_TEXT_MAX_BYTES"),
         ({"EMAIL_HTML_MAX_BYTES": "-1"}, "EMAIL_HTML_MAX_BYTES"),
         ({"DISPLAY_NAME_MAX_CHARS": "0"}, "DISPLAY_NAME_MAX_CHARS"),
-        ({"IDEMPOTENCY_KEY_MAX_CHARS": "0"}, "IDEMPOTENCY_KEY_MAX_CHARS"),
+        ({"IDEMPOTENCY_KEY_MAX_CHARS": "127"}, "IDEMPOTENCY_KEY_MAX_CHARS"),
         ({"METADATA_MAX_BYTES": "1"}, "METADATA_MAX_BYTES"),
         ({"STATUS_EVENT_SUBSCRIBERS": "http://127.0.0.1:9000/hook,localhost:9001"}, "STATUS_EVENT_SUBSCRIBERS"),
         ({"STATUS_EVENTS_TOPIC_ENDPOINT": "mytopic.westeurope-1.eventgrid.azure.net"}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
