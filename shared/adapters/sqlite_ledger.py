@@ -3,6 +3,9 @@
 Each notification is one row: a JSON document plus the few columns that queries filter on, so a
 lookup by id is a primary-key read and a reconciliation window is a range scan over an index on
 acceptance time, whatever the size of the history.
+
+Status events live in the ``status_outbox`` table, written in the transaction that writes the
+notification, never in its document; ``position`` keeps the order they were written in.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
 from .sqlite_file import SqliteFile
 
 _SCHEMA = """
@@ -60,7 +63,16 @@ CREATE TABLE IF NOT EXISTS parked_reports (
 );
 CREATE INDEX IF NOT EXISTS parked_reports_message ON parked_reports (message_id);
 CREATE INDEX IF NOT EXISTS parked_reports_age ON parked_reports (parked_at);
+CREATE TABLE IF NOT EXISTS status_outbox (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    notification_id TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS status_outbox_owner ON status_outbox (notification_id);
 """
+
+_OUTSIDE_DOC = {"version", "pending_status_events"}
 
 
 def _ts(value: datetime) -> float:
@@ -124,7 +136,7 @@ class SqliteLedger:
             "awaiting_since": _ts(min(waiting)) if waiting else None,
             "dead_lettered_at": _ts(dead.at) if dead else None,
             "dead_letter_reason": dead.reason if dead else None,
-            "doc": n.model_dump_json(exclude={"version"}),
+            "doc": n.model_dump_json(exclude=_OUTSIDE_DOC),
         }
 
     @staticmethod
@@ -138,6 +150,13 @@ class SqliteLedger:
         db.executemany(
             "INSERT OR IGNORE INTO message_ids (message_id, notification_id) VALUES (?, ?)",
             [(message_id, n.id) for message_id in n.message_ids],
+        )
+
+    @staticmethod
+    def _enqueue_status_events(db: sqlite3.Connection, n: Notification) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO status_outbox (event_id, notification_id, doc) VALUES (?, ?, ?)",
+            [(e.id, n.id, e.model_dump_json()) for e in n.pending_status_events],
         )
 
     # ------------------------------------------------------------------ Ledger port
@@ -154,16 +173,19 @@ class SqliteLedger:
                     row,
                 )
                 self._index_message_ids(db, notification)
+                self._enqueue_status_events(db, notification)
         except sqlite3.IntegrityError:
             existing = self._by_idempotency_key(notification.idempotency_key)
             if existing is None:
                 raise
             return existing
         notification.version = 1
+        notification.pending_status_events = []
         return notification
 
     def add_many(self, notifications: list[Notification]) -> list[Notification]:
         stored: list[Notification] = []
+        taken: list[Notification] = []
         with self._transaction() as db:
             for n in notifications:
                 cursor = db.execute(
@@ -182,8 +204,12 @@ class SqliteLedger:
                     stored.append(self._load(*row))
                     continue
                 self._index_message_ids(db, n)
-                n.version = 1
+                self._enqueue_status_events(db, n)
+                taken.append(n)
                 stored.append(n)
+        for n in taken:  # once committed
+            n.version = 1
+            n.pending_status_events = []
         return stored
 
     def _by_idempotency_key(self, key: str | None) -> Notification | None:
@@ -220,10 +246,12 @@ class SqliteLedger:
                     lost.append(n)
                     continue
                 self._index_message_ids(db, n)
+                self._enqueue_status_events(db, n)
         lost_ids = {id(n) for n in lost}
         for n in notifications:
             if id(n) not in lost_ids:
                 n.version += 1
+                n.pending_status_events = []
         return lost
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
@@ -316,6 +344,7 @@ class SqliteLedger:
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 db.execute(f"DELETE FROM message_ids WHERE notification_id IN ({marks})", chunk)
+                db.execute(f"DELETE FROM status_outbox WHERE notification_id IN ({marks})", chunk)
                 db.execute(f"DELETE FROM notifications WHERE id IN ({marks})", chunk)
             db.execute("DELETE FROM parked_reports WHERE parked_at < ?", (cutoff,))
         return len(ids)
@@ -357,6 +386,15 @@ class SqliteLedger:
             (_ts(since) if since else float("-inf"), limit),
         )
         return [AuditEntry.model_validate_json(doc) for (doc,) in rows]
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        rows = self._connection().execute("SELECT doc FROM status_outbox ORDER BY position LIMIT ?", (limit,))
+        return [StatusEvent.model_validate_json(doc) for (doc,) in rows]
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        ids = sorted({e.id for e in events})
+        with self._transaction() as db:
+            for chunk in _chunks(ids):
+                db.execute(f"DELETE FROM status_outbox WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
 
     def close(self) -> None:
         self._file.close()

@@ -17,6 +17,7 @@ Tables (``<prefix><name>``, created on first use):
                     PK = "unqueued", RK = "<created_at>|<id>"
                     PK = "deadletters", RK = "<dead-lettered at, newest first>|<id>": channel, reason
     audit           PK = "audit", RK = "<time, newest first>|<id>"  operator actions
+                    PK = "outbox",   RK = "<created_at>|<id>"  (it has status events to relay)
     parked          PK = message id, RK = event id     parked_at, the report
     parkedevents    PK = event id                      -> message_id (discarding goes by event id)
 
@@ -27,7 +28,12 @@ Tables (``<prefix><name>``, created on first use):
 * ``save`` reads the entity (a few small properties), refuses when ``version`` differs, and
   replaces it conditionally on the ETag it read: a 412 means another writer came between, and
   is the same ``ConcurrencyConflict``. Each notification is its own partition, so ``save_many``
-  is one conditional write per notification (run concurrently), not one transaction.
+  is one conditional write per notification (run concurrently), not one transaction. The read is
+  skipped when this adapter read or wrote that very version recently (it remembers version, ETag
+  and index columns of the last 4,096), so a read-modify-save is one read and one write; a
+  remembered ETag that is stale is just a 412.
+* An email's ACS message id is its operation id, which is the notification id, so
+  ``find_by_message_ids`` tries a point read of the notification before the ``messageids`` index.
 * ``add`` creates the idempotency-key entity first (409: the key is taken, return its holder),
   then the notification. A key whose holder does not exist was left by an ``add`` that crashed in
   between: it is taken over with an ETag-conditional write, and an ``add`` that finds it lost
@@ -38,6 +44,16 @@ Tables (``<prefix><name>``, created on first use):
   therefore check each entry against the notification it names, skip those that no longer
   apply, and delete them once they are provably stale (the notification was written well after
   the entry, so no writer can still be about to make it true).
+* Status events wait for the relay inside the notification's document
+  (``pending_status_events``), so they are stored by the very write that stores the change; the
+  ``outbox`` follow-up entry, written ahead like the others, lets the relay find them. Removing
+  published events is a conditional write of the notification that bumps its version (a copy
+  read before cannot bring them back), and only then is the entry deleted, conditionally on the
+  ETag the relay read *before* the notification: a save that wrote the entry ahead of its own
+  write either landed before that read (its events are seen), or is refused by the relay's write
+  (its retry writes the entry again), or rewrote the entry (so the delete fails). An entry whose
+  notification has no events left is settled the same way, with a write that changes nothing but
+  the version.
 * The ``window`` entry is upserted after every successful save, so it carries the status of the
   last save (if two saves' index writes cross, or a process dies between the two writes, it lags
   until the notification's next save). ``status_counts`` reads only the hour partitions the
@@ -67,10 +83,13 @@ import logging
 import re
 import threading
 import time
+import uuid
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import quote
 
@@ -79,7 +98,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +130,14 @@ def encode_key(value: str) -> str:
     if len(encoded) > 512:
         return "!" + hashlib.sha256(value.encode()).hexdigest()
     return encoded
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _status(error: HttpResponseError) -> int | None:
@@ -166,16 +193,17 @@ class TableStore:
     def upsert(self, name: str, entity: dict[str, Any]) -> None:
         self.table(name).upsert_entity(entity, mode=UpdateMode.REPLACE)
 
-    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> bool:
-        """Replace the entity only if it still has ``etag``; False when it changed or is gone."""
+    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> str | None:
+        """Replace the entity only if it still has ``etag`` and return its new ETag; None when it
+        changed or is gone."""
         try:
-            self.table(name).update_entity(
+            written = self.table(name).update_entity(
                 entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             )
-            return True
+            return written["etag"]
         except HttpResponseError as error:
             if _status(error) in (404, 412):
-                return False
+                return None
             raise
 
     def delete(self, name: str, pk: str, rk: str, etag: str | None = None) -> bool:
@@ -283,6 +311,7 @@ _TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_E
 AWAITING = "awaiting"
 UNQUEUED = "unqueued"
 DEAD_LETTERS = "deadletters"
+OUTBOX = "outbox"
 
 # A string property holds 64 KiB of UTF-16: 32,768 code units. ASCII is one unit a character;
 # anything else is at most two.
@@ -365,6 +394,7 @@ class _Indexed:
     message_ids: frozenset[str]
     #: When it was dead-lettered, while its status is dead_lettered.
     dead: str | None = None
+    outbox: bool = False
 
     @classmethod
     def of(cls, n: Notification) -> _Indexed:
@@ -376,6 +406,7 @@ class _Indexed:
             unqueued=n.queued_at is None,
             message_ids=frozenset(n.message_ids),
             dead=to_text(dead.at) if dead else None,
+            outbox=bool(n.pending_status_events),
         )
 
     @classmethod
@@ -386,6 +417,7 @@ class _Indexed:
             unqueued=bool(entity["unqueued"]),
             message_ids=frozenset(json.loads(entity["message_ids"])),
             dead=entity.get("dead_lettered_at") or None,
+            outbox=bool(entity.get("outbox")),
         )
 
     def followups(self, encoded_id: str) -> dict[str, str]:
@@ -397,12 +429,51 @@ class _Indexed:
             entries[UNQUEUED] = f"{self.created}|{encoded_id}"
         if self.dead:
             entries[DEAD_LETTERS] = f"{_newest_first(from_text(self.dead))}|{encoded_id}"
+        if self.outbox:
+            entries[OUTBOX] = f"{self.created}|{encoded_id}"
         return entries
 
 
 _INDEX_COLUMNS = [
-    "version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "dead_lettered_at",
+    "version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "dead_lettered_at", "outbox",
 ]
+_REMEMBERED = 4096  # notifications whose last read or write ``save`` can trust without a read
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A notification's entity as this adapter last read or wrote it."""
+
+    version: int
+    etag: str
+    indexed: _Indexed
+
+
+class _SeenEntities:
+    """The version, ETag and index columns of recently read or written notifications, so that a
+    read-modify-save costs one read and one write instead of two reads: ``save`` writes on the
+    remembered ETag, and a stale memory is a 412 like any lost race (the caller re-reads)."""
+
+    def __init__(self, size: int = _REMEMBERED) -> None:
+        self._entries: OrderedDict[str, _Seen] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def remember(self, notification_id: str, seen: _Seen) -> None:
+        with self._lock:
+            self._entries[notification_id] = seen
+            self._entries.move_to_end(notification_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def at_version(self, notification_id: str, version: int) -> _Seen | None:
+        with self._lock:
+            seen = self._entries.get(notification_id)
+        return seen if seen is not None and seen.version == version else None
+
+    def forget(self, notification_id: str) -> None:
+        with self._lock:
+            self._entries.pop(notification_id, None)
 
 
 class TableLedger:
@@ -410,6 +481,7 @@ class TableLedger:
 
     def __init__(self, service: TableServiceClient, *, prefix: str = "notify") -> None:
         self._store = TableStore(service, prefix, _TABLES)
+        self._seen = _SeenEntities()
 
     # ------------------------------------------------------------------ entities
 
@@ -428,6 +500,7 @@ class TableLedger:
             "unqueued": indexed.unqueued,
             "reached_acs": n.reached_acs,
             "message_ids": json.dumps(sorted(indexed.message_ids)),
+            "outbox": indexed.outbox,
             **_pack(n.model_dump_json(exclude={"version"})),
         }
         if n.idempotency_key:
@@ -539,7 +612,11 @@ class TableLedger:
 
     def get(self, notification_id: str) -> Notification | None:
         entity = self._store.get(NOTIFICATIONS, encode_key(notification_id), "")
-        return self._load(entity) if entity is not None else None
+        if entity is None:
+            return None
+        notification = self._load(entity)
+        self._seen.remember(notification.id, _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity)))
+        return notification
 
     # ------------------------------------------------------------------ optimistic writes
 
@@ -550,27 +627,36 @@ class TableLedger:
     def save_many(self, notifications: list[Notification]) -> list[Notification]:
         if not notifications:
             return []
-        current = self._store.map(
-            lambda n: self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS), notifications
-        )
+        def current(n: Notification) -> _Seen | None:
+            seen = self._seen.at_version(n.id, n.version)
+            if seen is not None:
+                return seen
+            entity = self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS)
+            if entity is None:
+                return None
+            return _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity))
+
         lost: list[Notification] = []
-        candidates: list[tuple[Notification, TableEntity]] = []
-        for n, entity in zip(notifications, current):
-            if entity is None or entity["version"] != n.version:
+        candidates: list[tuple[Notification, _Seen]] = []
+        for n, seen in zip(notifications, self._store.map(current, notifications)):
+            if seen is None or seen.version != n.version:
                 lost.append(n)
             else:
-                candidates.append((n, entity))
-        self._write_ahead([(n, _Indexed.recorded(e)) for n, e in candidates])
-        def write(candidate: tuple[Notification, TableEntity]) -> bool:
-            n, entity = candidate
-            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"])
+                candidates.append((n, seen))
+        self._write_ahead([(n, seen.indexed) for n, seen in candidates])
+
+        def write(candidate: tuple[Notification, _Seen]) -> str | None:
+            n, seen = candidate
+            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), seen.etag)
 
         written = self._store.map(write, candidates)
         saved = []
-        for (n, entity), ok in zip(candidates, written):
-            if ok:
-                saved.append((n, _Indexed.recorded(entity)))
+        for (n, seen), etag in zip(candidates, written):
+            if etag is not None:
+                saved.append((n, seen.indexed))
+                self._seen.remember(n.id, _Seen(n.version + 1, etag, _Indexed.of(n)))
             else:
+                self._seen.forget(n.id)
                 lost.append(n)
         self._write_behind(saved)
         for n, _ in saved:
@@ -582,6 +668,19 @@ class TableLedger:
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         wanted = sorted(set(message_ids))
+        # An email's message id is its operation id, which is the notification id: one point
+        # read finds the owner, where the index costs a second round trip. SMS ids (and anything
+        # not owned that way) go through the index.
+        direct = [mid for mid in wanted if _is_uuid(mid)]
+        found = {
+            mid: n
+            for mid, n in zip(direct, self._store.map(self.get, direct))
+            if n is not None and mid in n.message_ids
+        }
+        wanted = [mid for mid in wanted if mid not in found]
+        return found | self._find_through_index(wanted)
+
+    def _find_through_index(self, wanted: list[str]) -> dict[str, Notification]:
         owners = self._store.map(
             lambda mid: self._store.get(MESSAGE_IDS, encode_key(mid), "", select=["notification_id"]), wanted
         )
@@ -824,6 +923,69 @@ class TableLedger:
             parameters["end"] = _since(since)
         rows = self._store.query(AUDIT, query_filter, parameters, page_size=min(limit, 1000))
         return [AuditEntry.model_validate_json(_unpack(e)) for _, e in zip(range(limit), rows)]
+    # ------------------------------------------------------------------ status event outbox
+
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        if limit < 1:
+            return []
+        # Each entry names a notification with at least one event, so ``limit`` entries suffice.
+        entries = list(islice(
+            self._store.query(FOLLOWUPS, "PartitionKey eq @pk", {"pk": OUTBOX}, page_size=min(max(limit, 10), 1000)),
+            limit,
+        ))
+        entities = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), entries)
+        groups: list[list[StatusEvent]] = []
+        settled: list[tuple[TableEntity, TableEntity | None]] = []
+        for entry, entity in zip(entries, entities):
+            events = self._load(entity).pending_status_events if entity is not None else []
+            if events:
+                groups.append(sorted(events, key=lambda e: e.sequence))
+            else:
+                settled.append((entry, entity))
+        self._store.map(lambda item: self._drop_outbox_entry(*item), settled)
+        groups.sort(key=lambda g: (g[0].at, g[0].notification_id))
+        return [e for g in groups for e in g][:limit]
+
+    def _drop_outbox_entry(self, entry: TableEntity, entity: TableEntity | None) -> None:
+        """Delete an entry whose notification has no events to relay (see the module docstring)."""
+        if entity is None:
+            noted = entry.metadata.get("timestamp")
+            if noted is not None and datetime.now(timezone.utc) - noted > _ORPHAN_AGE:
+                self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+            return
+        touched = dict(entity) | {"version": entity["version"] + 1, "outbox": False}
+        if self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"]):
+            self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        published: dict[str, set[str]] = {}
+        for event in events:
+            published.setdefault(event.notification_id, set()).add(event.id)
+        self._store.map(lambda item: self._remove_published(*item), list(published.items()))
+
+    def _remove_published(self, notification_id: str, event_ids: set[str]) -> None:
+        pk = encode_key(notification_id)
+        for _ in range(_ADD_TRIES):
+            head = self._store.get(NOTIFICATIONS, pk, "", select=["created_at"])
+            if head is None:
+                return
+            # The entry before the notification: the order the module docstring relies on.
+            entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{pk}")
+            entity = self._store.get(NOTIFICATIONS, pk, "")
+            if entity is None:
+                return
+            n = self._load(entity)
+            remaining = [e for e in n.pending_status_events if e.id not in event_ids]
+            if remaining and len(remaining) == len(n.pending_status_events):
+                return  # removed already
+            n.pending_status_events = remaining
+            if not self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"]):
+                continue  # a writer came between: read again
+            if not remaining and entry is not None:
+                self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"])
+            return
+        log.warning("notification %s: published status events not removed after %d tries; they will be relayed again",
+                    notification_id, _ADD_TRIES)
 
     # ------------------------------------------------------------------ retention
 

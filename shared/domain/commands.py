@@ -31,6 +31,9 @@ class SubmitNotification:
     request_hash: str | None = None
     #: Email only. The bytes go to the attachment store; the ledger keeps their metadata.
     attachments: list[NewAttachment] = field(default_factory=list)
+    #: The caller's own reference and properties, echoed on every status event of the notification.
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,13 @@ class FailureRateThresholds:
     #: The rate is measured over notifications accepted since this long ago.
     window_minutes: int
     min_sent: int
+
+    def level(self, rate: float, sent: int) -> str | None:
+        """``critical``, ``warning`` or None; too few sends to judge is None too, so a single
+        bounce in a quiet hour raises nothing."""
+        if sent < self.min_sent:
+            return None
+        return "critical" if rate >= self.critical else "warning" if rate >= self.warning else None
 
 
 @dataclass(frozen=True)
@@ -110,3 +120,15 @@ class PurgeDeadLetters:
     ids: tuple[str, ...] = ()
     filter: DeadLetterFilter = field(default_factory=DeadLetterFilter)
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RelayStatusEvents:
+    #: CloudEvent ``type`` is ``<type_prefix>.notification.<status>``.
+    type_prefix: str = "Notify"
+    #: CloudEvent ``source``: which service (and environment) the events come from.
+    source: str = "/notify"
+    #: Events read from the outbox and published per request (Event Grid takes up to 1 MB).
+    batch_size: int = 100
+    #: A run stops after this many batches, so a timer run stays short.
+    max_batches: int = 20

@@ -20,9 +20,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from .errors import SendError
+from .masking import mask_recipient, mask_text
 
 
 class Channel(StrEnum):
@@ -101,6 +102,67 @@ class HistoryEntry(BaseModel):
     event: str
     recipient: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusEventType(StrEnum):
+    """What a status event says happened. The event type published is
+    ``<STATUS_EVENT_TYPE_PREFIX>.notification.<value>``."""
+
+    ACCEPTED = "accepted"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    OPTED_OUT = "opted_out"
+    UNCONFIRMED = "unconfirmed"
+    DEAD_LETTERED = "dead_lettered"
+    REPLAYED = "replayed"
+
+
+#: History events that are a status change of the notification as a whole.
+_NOTIFICATION_STATUS_EVENTS = {
+    "accepted": StatusEventType.ACCEPTED,
+    "dead_lettered": StatusEventType.DEAD_LETTERED,
+    "replayed": StatusEventType.REPLAYED,
+}
+# A recipient's new status as subscribers see it: quarantine and spam filtering are failures to
+# deliver (the recipient's own status is in the event too).
+_RECIPIENT_STATUS_EVENTS = {
+    "sent": StatusEventType.SENT,
+    "unconfirmed": StatusEventType.UNCONFIRMED,
+    "delivered": StatusEventType.DELIVERED,
+    "suppressed": StatusEventType.SUPPRESSED,
+    "filtered_spam": StatusEventType.FAILED,
+    "quarantined": StatusEventType.FAILED,
+    "failed": StatusEventType.FAILED,
+    "bounced": StatusEventType.BOUNCED,
+}
+_STATUS_EVENT_NAMESPACE = uuid.UUID("5d2f8c1e-7b3a-4e62-9f0d-c4a1b8e93a27")
+
+
+class StatusEvent(BaseModel):
+    """One status change, as it will be published: derived by the notification when the change
+    happens and stored by the same ledger write (the outbox), then relayed to subscribers.
+
+    ``id`` is derived from the notification, its ``sequence`` number, the status and the
+    recipient, so it is the same however often the event is relayed: subscribers drop duplicates
+    by it. ``sequence`` counts the notification's events from 1 and orders them.
+    """
+
+    id: str
+    notification_id: str
+    sequence: int
+    status: StatusEventType
+    channel: Channel
+    #: Masked (``j***@example.com``); None for an event about the notification as a whole.
+    recipient: str | None = None
+    recipient_status: str | None = None
+    notification_status: str
+    reason: str | None = None
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = Field(default_factory=dict)
+    at: datetime
 
 
 class Recipient(BaseModel):
@@ -220,6 +282,8 @@ class Notification(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The caller that submitted it; senders see only their own notifications.
     owner: str | None = None
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
     request_hash: str | None = None
     created_at: datetime
@@ -245,8 +309,19 @@ class Notification(BaseModel):
     attempts_before_replay: int = 0
     history: list[HistoryEntry] = Field(default_factory=list)
     applied_event_ids: list[str] = Field(default_factory=list)
+    #: Status events derived since the ledger last took them into its outbox; ``add`` and
+    #: ``save`` store them with the change itself (see ``Ledger``).
+    pending_status_events: list[StatusEvent] = Field(default_factory=list)
+    #: How many status events this notification has produced: the next one's ``sequence`` - 1.
+    status_event_sequence: int = 0
     #: Optimistic-concurrency token owned by the ledger.
     version: int = 0
+    # Each recipient's status as of the last status event: a change from it is the next event.
+    _published_statuses: list[RecipientStatus] = PrivateAttr(default_factory=list)
+
+    def model_post_init(self, context: Any) -> None:
+        # A stored notification's statuses already had their events, written with them.
+        self._published_statuses = [r.status for r in self.recipients]
 
     # ---------------------------------------------------------------- creation
 
@@ -264,6 +339,8 @@ class Notification(BaseModel):
         request_hash: str | None = None,
         notification_id: str | None = None,
         owner: str | None = None,
+        correlation_id: str | None = None,
+        caller_properties: dict[str, str] | None = None,
     ) -> Notification:
         notification = cls(
             id=notification_id or str(uuid.uuid4()),
@@ -273,6 +350,8 @@ class Notification(BaseModel):
             content=content,
             metadata=metadata,
             owner=owner,
+            correlation_id=correlation_id,
+            caller_properties=dict(caller_properties or {}),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             created_at=at,
@@ -519,3 +598,54 @@ class Notification(BaseModel):
     def _record(self, at: datetime, event: str, *, recipient: str | None = None, detail: dict | None = None) -> None:
         self.updated_at = at
         self.history.append(HistoryEntry(at=at, event=event, recipient=recipient, detail=detail or {}))
+        self._derive_status_events(at, event, detail or {})
+
+    # ---------------------------------------------------------------- status events
+
+    def _derive_status_events(self, at: datetime, event: str, detail: dict) -> None:
+        """Every change of the notification's or a recipient's status becomes one status event,
+        here, so whatever records the change also records its event."""
+        whole = _NOTIFICATION_STATUS_EVENTS.get(event)
+        if whole is not None:
+            reason = detail.get("reason") if whole is StatusEventType.DEAD_LETTERED else None
+            self._add_status_event(at, whole, reason=reason)
+        for index, recipient in enumerate(self.recipients):
+            before = self._published_statuses[index] if index < len(self._published_statuses) else None
+            if recipient.status == before:
+                continue
+            status = _RECIPIENT_STATUS_EVENTS.get(recipient.status.value)
+            if status is StatusEventType.SUPPRESSED and recipient.reason and OPT_OUT_REASON in recipient.reason:
+                status = StatusEventType.OPTED_OUT
+            if status is not None:  # back to pending (a replay) is no status to announce
+                self._add_status_event(at, status, recipient=(index, recipient))
+        self._published_statuses = [r.status for r in self.recipients]
+
+    def _add_status_event(
+        self, at: datetime, status: StatusEventType, *, recipient: tuple[int, Recipient] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.status_event_sequence += 1
+        sequence = self.status_event_sequence
+        index, who = recipient if recipient else (None, None)
+        if who is not None:
+            reason = who.reason
+            if reason is None and who.status.value != status.value and status is StatusEventType.FAILED:
+                reason = who.status.value
+        # The recipient's position, not its address, goes into the id: ids are published.
+        key = f"{self.id}/{sequence}/{status.value}/{'' if index is None else index}"
+        self.pending_status_events.append(
+            StatusEvent(
+                id=str(uuid.uuid5(_STATUS_EVENT_NAMESPACE, key)),
+                notification_id=self.id,
+                sequence=sequence,
+                status=status,
+                channel=self.channel,
+                recipient=mask_recipient(who.address) if who is not None else None,
+                recipient_status=who.status.value if who is not None else None,
+                notification_status=self.status.value,
+                reason=mask_text(reason) if reason else None,
+                correlation_id=self.correlation_id,
+                caller_properties=dict(self.caller_properties),
+                at=at,
+            )
+        )

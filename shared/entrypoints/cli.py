@@ -8,8 +8,10 @@ import logging
 import os
 import re
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -68,9 +70,11 @@ def api(host: str = "127.0.0.1", port: int = 7071) -> None:
 
 @cli.command()
 def worker(
-    reconcile: bool = typer.Option(True, help="Also run the reconciliation timer (one worker per stack should)."),
+    reconcile: bool = typer.Option(
+        True, help="Also run the reconciliation timer and the status event relay (one worker per stack should)."
+    ),
 ) -> None:
-    """Run only the dispatcher worker (and the reconciliation timer)."""
+    """Run only the dispatcher worker (and the reconciliation timer and status event relay)."""
     _setup()
     local.run_worker(reconcile=reconcile)
 
@@ -99,6 +103,44 @@ def reconciliation(
     for key in keys:
         table.add_row(key, *(f"{figures[key]:.2%}" if key == "failureRate" else str(figures[key]) for _, figures in rows))
     console.print(table)
+
+
+@cli.command()
+def enqueue(
+    request: Path = typer.Argument(..., exists=True, dir_okay=False, help="A JSON file: the body of POST /api/notifications."),
+    idempotency_key: Optional[str] = typer.Option(None, help="The Idempotency-Key application property (default: the message id)."),
+    correlation_id: Optional[str] = typer.Option(None, help="The message's correlation id, echoed on its status events."),
+    prop: Optional[List[str]] = typer.Option(None, "--property", help="An application property, name=value; repeatable."),
+    message_id: Optional[str] = typer.Option(None, help="The message id (default: a new UUID)."),
+) -> None:
+    """Put a notification request on the requests queue (REQUESTS_QUEUE), as an app would on Service Bus."""
+    from ..service.ports import OutgoingMessage
+    from .triggers import IDEMPOTENCY_KEY_PROPERTY
+
+    _setup(quiet=True)
+    try:
+        body = json.loads(request.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        console.print(f"[red]{request} is not JSON: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not isinstance(body, dict):
+        console.print(f"[red]{request} must hold a JSON object (a notification request)[/red]")
+        raise typer.Exit(2)
+    properties: dict[str, str] = {}
+    for item in prop or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            console.print(f"[red]--property takes name=value, got {item!r}[/red]")
+            raise typer.Exit(2)
+        properties[name] = value
+    if idempotency_key is not None:
+        properties[IDEMPOTENCY_KEY_PROPERTY] = idempotency_key
+    svc = bootstrap.services()
+    message = OutgoingMessage(
+        body=body, message_id=message_id or str(uuid.uuid4()), application_properties=properties, correlation_id=correlation_id
+    )
+    svc.requests_queue.send(message)
+    print(json.dumps({"queue": svc.settings.requests_queue, "messageId": message.message_id}))
 
 
 suppressions_cli = typer.Typer(help="The suppression list: recipients the service will not send to again.", no_args_is_help=True)

@@ -57,6 +57,7 @@ class Stored:
     locked_until: datetime | None = None
     dead_letter_reason: str | None = None
     dead_letter_error_description: str | None = None
+    correlation_id: str | None = None
 
 
 class FakeReceivedMessage:
@@ -68,6 +69,7 @@ class FakeReceivedMessage:
         self.sequence_number = stored.sequence_number
         self.enqueued_time_utc = stored.enqueued_time_utc
         self.content_type = stored.content_type
+        self.correlation_id = stored.correlation_id
         self.dead_letter_reason = stored.dead_letter_reason
         self.dead_letter_error_description = stored.dead_letter_error_description
         # AMQP's delivery count: earlier deliveries for a received message, all of them when peeked.
@@ -114,6 +116,7 @@ class FakeSender:
                     sequence_number=self.bus.next_sequence,
                     enqueued_time_utc=now(),
                     visible_at=message.scheduled_enqueue_time_utc or now(),
+                    correlation_id=message.correlation_id,
                 )
             )
             self.bus.changed.notify_all()
@@ -355,6 +358,15 @@ def test_a_received_message_maps_body_ids_properties_counts_and_times(bus, queue
     assert received.lock_token == str(stored.lock_token)
     assert received.locked_until == stored.locked_until
     assert received.enqueued_at >= before
+
+
+def test_a_correlation_id_is_sent_as_the_messages_and_read_back_from_it(bus, queue):
+    queue.send(message(1, correlation_id="order-42"))
+
+    [received] = queue.receive()
+
+    assert bus.sent[0].correlation_id == "order-42"
+    assert received.correlation_id == "order-42"
 
 
 def test_a_redelivered_message_counts_every_delivery(bus, queue):
