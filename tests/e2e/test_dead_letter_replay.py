@@ -17,7 +17,8 @@ import pytest
 
 from tests.e2e.stack import OPERATOR, ROOT, SENDER, LocalStack, wait_until
 
-pytestmark = pytest.mark.e2e
+# Each test starts a stack and several CLI processes: more than the default timeout on a busy machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 #: ACS answers 500 to everything: two attempts each, then the dead letter.
 ACS_DOWN = dict(MAX_SEND_ATTEMPTS="2", RETRY_BASE_SECONDS="0.1", RETRY_MAX_SECONDS="0.2")
@@ -51,7 +52,7 @@ def dead_letter_burst(stack: LocalStack, count: int) -> list[str]:
     ids = [r["id"] for r in response.json()["results"]]
     assert len(ids) == count
     for nid in ids:
-        stack.wait_for_status(nid, "dead_lettered", timeout=60)
+        stack.wait_for_status(nid, "dead_lettered", timeout=120)
     return ids
 
 
