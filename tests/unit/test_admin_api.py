@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.domain.model import Channel, Suppression
+from shared.domain.model import Channel
 from shared.entrypoints.api import create_api
 
 SENDER = {"Authorization": "Bearer test-sender"}
