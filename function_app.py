@@ -1,7 +1,7 @@
 """Azure Functions entry point (Python v2 model): binds triggers to handlers, nothing more.
 
-Binding settings are app-setting names: ``%NOTIFICATIONS_QUEUE%``, ``%REQUESTS_QUEUE%`` and
-``%RECONCILE_SCHEDULE%`` are resolved by the host, and ``ServiceBusConnection`` names the
+Binding settings are app-setting names: ``%NOTIFICATIONS_QUEUE%``, ``%REQUESTS_QUEUE%``,
+``%RECONCILE_SCHEDULE%`` and ``%STATUS_RELAY_SCHEDULE%`` are resolved by the host, and ``ServiceBusConnection`` names the
 identity-based connection (``ServiceBusConnection__fullyQualifiedNamespace``).
 """
 
@@ -70,3 +70,12 @@ def apply_delivery_report(event: func.EventGridEvent) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
 def reconcile(timer: func.TimerRequest) -> None:
     triggers.run_reconciliation()
+
+
+# Every few seconds: status events wait in the ledger's outbox until then, so sending never waits
+# for Event Grid. The timer runs on one instance at a time, which keeps each notification's
+# events in order. (A sub-minute schedule needs no schedule monitor: a missed run is the next one.)
+@app.function_name(name="relay_status_events")
+@app.timer_trigger(arg_name="timer", schedule="%STATUS_RELAY_SCHEDULE%", run_on_startup=False, use_monitor=False)
+def relay_status_events(timer: func.TimerRequest) -> None:
+    triggers.relay_status_events()

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import subprocess
 import uuid
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -50,6 +51,7 @@ def test_the_app_registers_the_http_api_the_dispatcher_the_report_handler_and_th
         "accept_notification_request": "serviceBusTrigger",
         "apply_delivery_report": "eventGridTrigger",
         "reconcile": "timerTrigger",
+        "relay_status_events": "timerTrigger",
     }
 
 
@@ -65,6 +67,13 @@ def test_the_dispatcher_reads_its_queue_name_and_connection_from_app_settings():
 def test_the_reconciler_schedule_is_an_app_setting_with_a_six_field_cron():
     schedule = LOCAL_SETTINGS[setting_name(trigger("reconcile")["schedule"])]
     assert len(schedule.split()) == 6
+
+
+def test_the_status_relay_runs_every_few_seconds_from_an_app_setting():
+    schedule = LOCAL_SETTINGS[setting_name(trigger("relay_status_events")["schedule"])]
+    seconds, *rest = schedule.split()
+    assert len(rest) == 5 and rest == ["*"] * 5
+    assert seconds.startswith("*/") and 1 <= int(seconds[2:]) <= 10
 
 
 def test_the_http_api_leaves_authentication_to_the_app():
@@ -170,6 +179,30 @@ def test_the_timer_function_marks_overdue_sends_unconfirmed(faked_services):
     assert faked_services.ledger.get(nid).status is NotificationStatus.UNCONFIRMED
 
 
+def test_the_http_function_serves_the_dashboard_page_and_its_data_only_to_an_operator(faked_services):
+    page = call_http("GET", "/api/admin/dashboard")
+    assert page.status_code == 200 and b"Operator key or token" in page.get_body()
+    assert call_http("GET", "/api/admin/dashboard/dashboard.js").status_code == 200
+    assert call_http("GET", "/api/admin/dashboard/data").status_code == 401
+    data = call_http("GET", "/api/admin/dashboard/data", headers={"Authorization": "Bearer test-operator"})
+    assert data.status_code == 200 and "failureRate" in json.loads(data.get_body())
+
+
+def test_the_package_keeps_the_dashboard_files_and_leaves_the_tests_out():
+    # .funcignore has .gitignore's syntax, so git itself says what it leaves out of the package.
+    static = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shared" / "entrypoints" / "static").iterdir())
+    assert {"shared/entrypoints/static/dashboard.html", "shared/entrypoints/static/dashboard.js"} <= set(static)
+
+    def left_out(path: str) -> bool:
+        checked = subprocess.run(
+            ["git", "-c", f"core.excludesFile={ROOT / '.funcignore'}", "check-ignore", "--no-index", "-q", path],
+            cwd=ROOT, capture_output=True,
+        )
+        assert checked.returncode in (0, 1), checked.stderr
+        return checked.returncode == 0
+
+    assert left_out("tests/unit/test_dashboard.py")
+    assert [p for p in static if left_out(p)] == []
 # ------------------------------------------------------------------------------ the requests queue
 
 
@@ -258,3 +291,19 @@ def test_a_request_whose_ledger_is_unreachable_raises_unsettled_so_the_host_deli
             host_message(json.dumps({"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}).encode()), actions
         )
     assert actions.calls == []
+
+
+def test_the_status_relay_timer_publishes_what_the_dispatcher_left_in_the_outbox(faked_services):
+    from shared.service.status_events import Destination
+    from tests.fakes import FakeStatusEventPublisher
+
+    topic = FakeStatusEventPublisher("topic")
+    faked_services.status_destinations = [Destination(topic)]
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
+
+    functions()["relay_status_events"].get_user_function()(None)
+
+    assert [(e["type"], e["subject"]) for e in topic.events] == [
+        ("Notify.notification.accepted", f"notifications/{nid}"), ("Notify.notification.sent", f"notifications/{nid}"),
+    ]
+    assert faked_services.ledger.pending_status_events(10) == []

@@ -21,6 +21,7 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
+from shared.entrypoints.local import DISPATCHER_ENV
 from tests.conftest import ROOT, SETTINGS
 # The app's registered functions: get_functions() can run once per process, and that module runs it.
 from tests.test_function_app import functions as registered_functions
@@ -358,6 +359,7 @@ def azure_settings(monkeypatch) -> dict[str, str]:
         "TABLES_ENDPOINT": "https://stnotifyprod.table.core.windows.net",
         "ATTACHMENTS_CONTAINER_URL": "https://stnotifyprod.blob.core.windows.net/attachments",
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-notify-prod.servicebus.windows.net",
+        "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify-prod.westeurope-1.eventgrid.azure.net/api/events",
     }
     fields = {field.alias: field for field in Settings.model_fields.values()}
     values = {}
@@ -540,3 +542,66 @@ def test_delivery_reports_reach_the_event_grid_trigger_with_a_dead_letter_and_re
     dead_letter = subscription.nested("properties", "deadLetterWithResourceIdentity")
     assert literal(dead_letter.child("identity").properties()["type"]) == "SystemAssigned"
     assert literal(dead_letter.child("deadLetterDestination").properties()["endpointType"]) == "StorageBlob"
+
+
+def test_the_function_app_gets_the_dispatcher_environment_the_local_supervisor_gives_its_workers():
+    deployed = function_app_settings()
+    for name, value in DISPATCHER_ENV.items():
+        assert name in deployed, f"the Function App lacks {name} (see shared/entrypoints/local.py DISPATCHER_ENV)"
+        assert literal(deployed[name][1]) == value
+
+
+# ------------------------------------------------------------------------------ status events
+
+
+def status_topic() -> tuple[BicepFile, Resource]:
+    [(file, topic)] = [(f, r) for f in bicep_files() for r in f.resources("Microsoft.EventGrid/topics")]
+    return file, topic
+
+
+def test_status_events_go_to_a_cloudevents_topic_that_takes_no_keys():
+    _, topic = status_topic()
+    props = topic.nested("properties").properties()
+    assert literal(props["inputSchema"]) == "CloudEventSchemaV1_0"
+    assert props["disableLocalAuth"] == "true"
+
+
+def test_the_function_app_may_send_events_to_that_topic_and_nothing_more():
+    topic_file, topic = status_topic()
+    [(file, assignment)] = [
+        (f, r) for f, r in role_assignments() if "d5a91429-5739-47e2-a06b-3470a27159e7" in f.text.code
+        and "eventGridDataSender" in r.nested("properties").properties()["roleDefinitionId"]
+    ]
+    assert file.path.name == "function-roles.bicep"
+    assert assignment.props["scope"] == "statusEventsTopic"
+    _, passed = module_calling("function-roles.bicep")
+    assert passed["principalId"] == "functionApp.outputs.principalId"
+    symbol, _ = module_calling(topic_file.path.name)
+    assert passed["statusEventsTopicName"] == f"{symbol}.outputs.name"
+    assert topic_file.output("name") == f"{topic.symbol}.name"
+
+
+def test_the_app_publishes_to_the_topic_endpoint_infra_creates():
+    app_file, expression = function_app_settings()["STATUS_EVENTS_TOPIC_ENDPOINT"]
+    _, passed = module_calling(app_file.path.name)
+    topic_file, topic = status_topic()
+    symbol, _ = module_calling(topic_file.path.name)
+    assert passed[expression] == f"{symbol}.outputs.endpoint"
+    assert topic_file.output("endpoint") == f"{topic.symbol}.properties.endpoint"
+    assert literal(function_app_settings()["STATUS_EVENT_SUBSCRIBERS"][1]) == ""
+
+
+def test_the_status_relay_timer_fires_every_few_seconds_in_azure():
+    file, expression = function_app_settings()["STATUS_RELAY_SCHEDULE"]
+    seconds, *rest = resolve(file, expression).split()
+    assert rest == ["*"] * 5 and seconds.startswith("*/") and int(seconds[2:]) <= 10
+
+
+def test_an_example_subscription_receives_status_events_in_the_cloudevents_schema_with_a_dead_letter():
+    [(file, subscription)] = [(f, r) for f in bicep_files() for r in f.resources("Microsoft.EventGrid/topics/eventSubscriptions")]
+    props = subscription.nested("properties").properties()
+    assert literal(props["eventDeliverySchema"]) == "CloudEventSchemaV1_0"
+    delivery = subscription.nested("properties", "deliveryWithResourceIdentity")
+    assert literal(delivery.child("identity").properties()["type"]) == "SystemAssigned"
+    assert "maxDeliveryAttempts" in subscription.nested("properties", "retryPolicy").properties()
+    assert "deadLetterWithResourceIdentity" in props

@@ -21,7 +21,7 @@ from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
-from . import triggers
+from . import admin_api, dashboard, triggers
 from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
 from .eventgrid import read_events
 from .intake import MAX_IDEMPOTENCY_KEY_LENGTH, Envelope, openapi_request_schema, parse_request
@@ -447,4 +447,6 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             raise InvalidRequest([FieldError("from", "must be before 'to'")])
         return handlers.reconciliation_report(ledger=get_services().ledger, start=start, end=end, channel=channel)
 
+    admin_api.register(api, get_services, caller)
+    dashboard.register(api, caller, get_services)
     return api

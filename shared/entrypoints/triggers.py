@@ -13,9 +13,9 @@ from datetime import timedelta
 from typing import Any, Mapping
 
 from .. import bootstrap
-from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, FailureRateThresholds, Reconcile
+from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, Reconcile
 from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest
-from ..service import handlers
+from ..service import handlers, status_events
 from ..service.ports import ReceivedMessage
 from . import intake
 from .eventgrid import ParsedEvents, read_events
@@ -89,12 +89,7 @@ def run_reconciliation() -> handlers.Reconciled:
     cmd = Reconcile(
         report_deadline=now - timedelta(seconds=s.delivery_report_deadline_seconds),
         requeue_before=now - REQUEUE_AFTER,
-        thresholds=FailureRateThresholds(
-            warning=s.failure_rate_warning,
-            critical=s.failure_rate_critical,
-            window_minutes=s.failure_rate_window_minutes,
-            min_sent=s.failure_rate_min_sent,
-        ),
+        thresholds=svc.failure_rate_thresholds,
         purge_before=now - timedelta(days=s.retention_days),
     )
     return handlers.reconcile(
@@ -240,3 +235,14 @@ def _description(problem: dict[str, Any]) -> str:
         omitted += 1
         text = json.dumps(problem | {"errors": errors, "errorsOmitted": omitted}, ensure_ascii=False, separators=(",", ":"))
     return text[:MAX_DESCRIPTION_LENGTH]
+
+
+def relay_status_events() -> status_events.StatusEventsRelayed:
+    svc = bootstrap.services()
+    return status_events.relay_status_events(
+        svc.status_relay_command,
+        ledger=svc.ledger,
+        destinations=svc.status_destinations,
+        policy=svc.status_relay_policy,
+        clock=svc.clock,
+    )

@@ -620,3 +620,34 @@ def test_close_closes_the_sender_and_receivers_but_not_the_client(bus, queue):
     assert all(s.closed for s in bus.senders) and all(r.closed for r in bus.receivers)
     assert len(bus.receivers) == 2
     assert not bus.closed
+
+
+# ---------------------------------------------------------------------------- operators over Service Bus
+
+
+def test_an_operator_replays_a_crash_loop_from_the_service_bus_dead_letter_queue_with_a_new_message_id(bus, queue):
+    from shared.domain.commands import DeadLetterFilter, ReplayDeadLetters
+    from shared.service import operator
+    from tests.fakes import FakeClock, FakeSuppressionList
+    from tests.unit.builders import World, email_command
+
+    world = World()
+    notification, _ = world.submit(email_command())
+    stored = bus.dead_letter_stored(1, "MaxDeliveryCountExceeded", "Message could not be consumed after 10 delivery attempts.")
+    stored.body = json.dumps({"notificationId": notification.id, "attempt": 1}).encode()
+    stored.message_id = f"{notification.id}:1"
+
+    [listed] = operator.list_dead_letters(DeadLetterFilter(), ledger=world.ledger, dead_letters=queue)
+    result = operator.replay_dead_letters(
+        ReplayDeadLetters(actor="cli:ops", ids=(listed.id,)),
+        ledger=world.ledger, dead_letters=queue, publisher=queue, suppressions=FakeSuppressionList(), clock=FakeClock(),
+    )
+
+    assert listed.id == f"q-{stored.sequence_number}" and listed.source == "queue"
+    assert listed.reason == "MaxDeliveryCountExceeded" and listed.notification_id == notification.id
+    assert result.counts() == {"replayed": 1}
+    [copy] = bus.sent
+    assert copy.message_id == f"{notification.id}:1:replay-1" != stored.message_id
+    assert json.loads(b"".join(copy.body)) == {"notificationId": notification.id, "attempt": 1, "replayCount": 1}
+    assert calls(bus, "send", "complete")[-2:] == [("send", copy.message_id), ("complete", "dlq", stored.sequence_number)]
+    assert bus.dead == []
