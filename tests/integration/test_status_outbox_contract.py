@@ -140,3 +140,24 @@ def test_the_outbox_of_a_purged_notification_goes_with_it(ledger):
 
     assert [e.notification_id for e in ledger.pending_status_events(limit=10)] == [recent.id]
     assert ledger.get(old.id) is None
+
+
+def test_the_relay_over_this_ledger_publishes_every_event_once_in_each_notifications_order(ledger):
+    from shared.domain.commands import RelayStatusEvents
+    from shared.service.retry import RetryPolicy
+    from shared.service.status_events import Destination, relay_status_events
+    from tests.fakes import FakeClock, FakeStatusEventPublisher
+
+    notifications = [ledger.add(email(created=at(i))) for i in range(3)] + [ledger.add(sms(created=at(3)))]
+    for i, n in enumerate(notifications):
+        ledger.save(sent(ledger.get(n.id), at(10 + i)))
+    topic = FakeStatusEventPublisher()
+
+    relay_status_events(RelayStatusEvents(batch_size=4), ledger=ledger, destinations=[Destination(topic)],
+                        policy=RetryPolicy(), clock=FakeClock())
+
+    published = [(e["data"]["id"], e["data"]["sequence"]) for e in topic.events]
+    assert len(published) == len(set(published)) == 3 * 3 + 3
+    for n in notifications:
+        assert [seq for nid, seq in published if nid == n.id] == sorted(seq for nid, seq in published if nid == n.id)
+    assert ledger.pending_status_events(limit=100) == []
