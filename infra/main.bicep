@@ -104,6 +104,9 @@ param statusEventsExampleSubscription bool = true
 @description('Create the Event Grid subscription to the apply_delivery_report function. False only for the first deployment, before the code is published (Event Grid checks that the function exists).')
 param subscribeDeliveryReports bool = true
 
+@description('Object ids of the apps\' identities (service principals) that may put notification requests on the requests queue: each gets Azure Service Bus Data Sender on that queue only.')
+param requestSenderPrincipalIds array = []
+
 param tags object = {}
 
 var suffix = take(uniqueString(subscription().id, resourceGroup().id, environmentName), 6)
@@ -189,6 +192,7 @@ module functionApp 'modules/functionapp.bicep' = {
     workspaceId: monitoring.outputs.workspaceId
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     notificationsQueueName: serviceBus.outputs.queueName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
     queueLockSeconds: serviceBus.outputs.lockSeconds
     queueMaxDeliveryCount: serviceBus.outputs.maxDeliveryCount
     tablesEndpoint: empty(tablesEndpoint) ? storage.outputs.tablesEndpoint : tablesEndpoint
@@ -223,10 +227,20 @@ module functionRoles 'modules/function-roles.bicep' = {
     storageAccountName: storage.outputs.name
     serviceBusNamespaceName: serviceBus.outputs.namespaceName
     queueName: serviceBus.outputs.queueName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
     acsName: communication.outputs.acsName
     appInsightsName: monitoring.outputs.appInsightsName
     appInsightsEntraAuth: appInsightsEntraAuth
     statusEventsTopicName: statusEvents.outputs.name
+  }
+}
+
+module requestSenders 'modules/requests-queue-senders.bicep' = {
+  name: 'requests-queue-senders'
+  params: {
+    principalIds: requestSenderPrincipalIds
+    serviceBusNamespaceName: serviceBus.outputs.namespaceName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
   }
 }
 

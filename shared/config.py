@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     ledger_backend: Literal["sqlite", "table"] = Field("sqlite", alias="LEDGER_BACKEND")
     queue_backend: Literal["embedded", "servicebus"] = Field("embedded", alias="QUEUE_BACKEND")
     notifications_queue: str = Field("notifications", alias="NOTIFICATIONS_QUEUE")
+    # Where other apps put notification requests (the intake trigger's queue, and the CLI's enqueue).
+    requests_queue: str = Field("notification-requests", alias="REQUESTS_QUEUE", min_length=1, max_length=260)
     # https://<account>.table.core.windows.net (or a Cosmos DB for Table endpoint).
     tables_endpoint: str | None = Field(None, alias="TABLES_ENDPOINT")
     # Only for Azurite on a laptop; in Azure the identity authenticates against TABLES_ENDPOINT.

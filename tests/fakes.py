@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from shared.domain.errors import ConcurrencyConflict, SendError
-from shared.domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
-from shared.service.ports import OutgoingEmail, OutgoingMessage, OutgoingSms, SmsRecipientResult
+from shared.domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
+from shared.service.ports import DeadLetteredMessage, OutgoingEmail, OutgoingMessage, OutgoingSms, SmsRecipientResult
 
 
 class FakeClock:
@@ -32,6 +32,7 @@ class FakeLedger:
         self.rows: dict[str, Notification] = {}
         self.parked: dict[str, DeliveryReport] = {}
         self.parked_at: dict[str, datetime] = {}
+        self.audit: dict[str, AuditEntry] = {}
         #: The status event outbox, in the order the writes stored them.
         self.outbox: dict[str, StatusEvent] = {}
         self.published: set[str] = set()
@@ -143,6 +144,24 @@ class FakeLedger:
             del self.parked[event_id], self.parked_at[event_id]
         return len(old)
 
+    def dead_lettered(self, *, channel=None, reason=None, since=None, limit: int = 100) -> list[Notification]:
+        found = [
+            n for n in self.rows.values()
+            if n.status is NotificationStatus.DEAD_LETTERED
+            and (channel is None or n.channel is channel)
+            and (reason is None or n.dead_letter.reason == reason)
+            and (since is None or n.dead_letter.at >= since)
+        ]
+        found.sort(key=lambda n: (-n.dead_letter.at.timestamp(), n.id))
+        return [self._copy(n) for n in found[:limit]]
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        self.audit[entry.id] = entry.model_copy(deep=True)
+
+    def audit_entries(self, *, since=None, limit: int = 100) -> list[AuditEntry]:
+        found = [e for e in self.audit.values() if since is None or e.at >= since]
+        found.sort(key=lambda e: (-e.at.timestamp(), e.id))
+        return [e.model_copy(deep=True) for e in found[:limit]]
     def pending_status_events(self, limit: int) -> list[StatusEvent]:
         return [e.model_copy(deep=True) for e in list(self.outbox.values())[:limit]]
 
@@ -189,6 +208,44 @@ class FakePublisher:
     def send_many(self, messages: list[OutgoingMessage]) -> None:
         for message in messages:
             self.send(message)
+
+
+class FakeQueue(FakePublisher):
+    """A publisher with a dead-letter sub-queue (``DeadLetterQueue``): ``dead`` holds the dead
+    letters by sequence number; ``removed`` records what was removed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead: dict[int, DeadLetteredMessage] = {}
+        self.removed: list[int] = []
+        self._sequence = 0
+
+    def add_dead_letter(
+        self, body: dict, reason: str, at: datetime, *, description: str = "", message_id: str | None = None
+    ) -> DeadLetteredMessage:
+        self._sequence += 1
+        dead = DeadLetteredMessage(
+            body=body,
+            message_id=message_id or f"m-{self._sequence}",
+            application_properties={},
+            delivery_count=1,
+            enqueued_at=at,
+            sequence_number=self._sequence,
+            reason=reason,
+            description=description,
+            dead_lettered_at=at,
+        )
+        self.dead[self._sequence] = dead
+        return dead
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        return sorted(self.dead.values(), key=lambda d: (d.dead_lettered_at, d.sequence_number))[:limit]
+
+    def remove_dead_letter(self, sequence_number: int) -> bool:
+        if self.dead.pop(sequence_number, None) is None:
+            return False
+        self.removed.append(sequence_number)
+        return True
 
 
 @dataclass

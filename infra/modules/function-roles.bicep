@@ -20,6 +20,7 @@ param principalId string
 param storageAccountName string
 param serviceBusNamespaceName string
 param queueName string
+param requestsQueueName string
 param acsName string
 param appInsightsName string
 
@@ -40,6 +41,11 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
 resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
   parent: namespace
   name: queueName
+}
+
+resource requestsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
+  parent: namespace
+  name: requestsQueueName
 }
 
 resource acs 'Microsoft.Communication/communicationServices@2023-04-01' existing = {
@@ -75,6 +81,18 @@ resource queueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
+  }
+}
+
+// Receiver on the requests queue: the intake trigger peek-locks, completes and dead-letters.
+// No Sender: the app never writes to it (other apps do; see requests-queue-senders.bicep).
+resource requestsReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(requestsQueue.id, principalId, roles.serviceBusDataReceiver)
+  scope: requestsQueue
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
   }
 }
 

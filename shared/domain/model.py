@@ -189,6 +189,22 @@ class DeadLetterInfo(BaseModel):
     at: datetime
 
 
+class AuditEntry(BaseModel):
+    """One operator action, kept in the ledger: who did what, with which filter, and what
+    happened to each message it touched (``outcomes``: ``{"id", "notificationId", "outcome",
+    "reason"}`` with outcome ``replayed``, ``skipped``, ``purged``, ``added`` or ``removed``)."""
+
+    id: str
+    at: datetime
+    actor: str
+    action: str
+    filter: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = False
+    #: False while the action is still running (or if it was interrupted).
+    finished: bool = True
+    outcomes: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class Suppression(BaseModel):
     """A recipient the service will not send to again on a channel, and why."""
 
@@ -285,6 +301,12 @@ class Notification(BaseModel):
     outcome_unknown: bool = False
     check_before_send: bool = False
     dead_letter: DeadLetterInfo | None = None
+    #: How often an operator replayed it. Each replay starts a fresh retry budget.
+    replay_count: int = 0
+    #: ``attempts`` when the current chain started (0, or the count at the last replay). The retry
+    #: policy counts attempts from here, while ``attempts`` itself never goes back: the fencing in
+    #: ``dispatch_verdict`` and the queue message ids (``<id>:<attempt>``) rely on it only growing.
+    attempts_before_replay: int = 0
     history: list[HistoryEntry] = Field(default_factory=list)
     applied_event_ids: list[str] = Field(default_factory=list)
     #: Status events derived since the ledger last took them into its outbox; ``add`` and
@@ -317,6 +339,8 @@ class Notification(BaseModel):
         request_hash: str | None = None,
         notification_id: str | None = None,
         owner: str | None = None,
+        correlation_id: str | None = None,
+        caller_properties: dict[str, str] | None = None,
     ) -> Notification:
         notification = cls(
             id=notification_id or str(uuid.uuid4()),
@@ -326,6 +350,8 @@ class Notification(BaseModel):
             content=content,
             metadata=metadata,
             owner=owner,
+            correlation_id=correlation_id,
+            caller_properties=dict(caller_properties or {}),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             created_at=at,
@@ -472,6 +498,56 @@ class Notification(BaseModel):
         self.outcome_unknown = False
         self.dead_letter = DeadLetterInfo(reason=reason, description=description, at=at)
         self._record(at, "dead_lettered", detail={"reason": reason, "description": description})
+
+    @property
+    def attempts_in_chain(self) -> int:
+        """Attempts since the chain began (acceptance or the last replay), for the retry budget."""
+        return self.attempts - self.attempts_before_replay
+
+    def record_replay(
+        self, at: datetime, by: str, replay_count: int, *, suppressed: dict[str, str] | None = None, audit_id: str | None = None
+    ) -> list[Recipient]:
+        """An operator replays it: the recipients still to send (never one that was sent, delivered
+        or refused), after marking ``suppressed`` ones (address -> reason: suppressed or opted out
+        since) as such. Clears the dead letter and starts a fresh chain of attempts.
+
+        ``queued_at`` is cleared until the replay's queue message is enqueued: if the replay stops
+        in between, the reconciliation re-queues it (``unqueued``), so a replay recorded here can
+        never leave the notification with nobody to send it.
+        """
+        for address, reason in (suppressed or {}).items():
+            self.record_recipient_suppressed(at, address, reason)
+        to_send = self.pending_recipients()
+        previous = self.dead_letter
+        self.dead_letter = None
+        self.replay_count = replay_count
+        self.attempts_before_replay = self.attempts
+        if to_send:
+            self.queued_at = None
+            # The last attempt may have reached ACS even if it was recorded as failed (a timeout
+            # before the dead letter): the replayed email asks ACS before it sends again.
+            self.outcome_unknown = self.outcome_unknown or self.attempts > 0
+        detail: dict[str, Any] = {"by": by, "replayCount": replay_count, "recipients": len(to_send)}
+        if previous is not None:
+            detail["deadLetterReason"] = previous.reason
+        if suppressed:
+            detail["suppressed"] = len(suppressed)
+        if audit_id:
+            detail["auditId"] = audit_id
+        self._record(at, "replayed", detail=detail)
+        return to_send
+
+    def record_purged(self, at: datetime, by: str, *, audit_id: str | None = None) -> None:
+        """An operator gives up on a dead letter: its unsent recipients end ``failed`` (reason
+        ``DeadLetterPurged``), so the notification has a terminal state and leaves the dead letters."""
+        for recipient in self.pending_recipients():
+            recipient.raise_to(RecipientStatus.FAILED, at, reason="DeadLetterPurged")
+        detail: dict[str, Any] = {"by": by}
+        if self.dead_letter is not None:
+            detail["deadLetterReason"] = self.dead_letter.reason
+        if audit_id:
+            detail["auditId"] = audit_id
+        self._record(at, "purged", detail=detail)
 
     def apply_report(self, report: DeliveryReport, at: datetime) -> bool:
         """Apply one delivery report; returns False when it changed nothing (duplicate, unknown)."""

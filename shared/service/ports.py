@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Protocol
 
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, StatusEvent, Suppression
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, StatusEvent, Suppression
 
 
 # ---------------------------------------------------------------------------- clock
@@ -91,6 +91,23 @@ class Ledger(Protocol):
         """Delete up to ``limit`` notifications accepted before the cutoff (oldest first), with
         their message ids, and parked reports older than it; returns how many notifications."""
 
+    def dead_lettered(
+        self,
+        *,
+        channel: Channel | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        """Notifications whose status is ``dead_lettered``, newest dead letter first: on
+        ``channel``, with dead-letter ``reason`` (exactly), dead-lettered at or after ``since``."""
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Keep an operator action. Recording an entry with the same id again replaces it (a long
+        action records itself as it goes, then once more when it is finished)."""
+
+    def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Operator actions at or after ``since``, newest first."""
     def pending_status_events(self, limit: int) -> list[StatusEvent]:
         """Up to ``limit`` status events not yet published: each notification's in ``sequence``
         order (a cut-off batch holds the first of a notification's events, never later ones),
@@ -200,6 +217,8 @@ class OutgoingMessage:
     application_properties: dict[str, Any] = field(default_factory=dict)
     #: When set, the message becomes visible to receivers only at this time (scheduled enqueue).
     scheduled_at: datetime | None = None
+    #: The sender's reference (Service Bus ``CorrelationId``), carried through unchanged.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +231,7 @@ class ReceivedMessage:
     sequence_number: int
     lock_token: str
     locked_until: datetime
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +245,16 @@ class DeadLetteredMessage:
     reason: str
     description: str
     dead_lettered_at: datetime
+
+
+class DeadLetterQueue(Protocol):
+    """The queue's dead-letter sub-queue, for operator tools (``EmbeddedQueue``, ``ServiceBusQueue``)."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        """Browse without locking, oldest first."""
+
+    def remove_dead_letter(self, sequence_number: int) -> bool:
+        """Delete one dead letter; False when it is not there (or another receiver holds it)."""
 
 
 class MessagePublisher(Protocol):
