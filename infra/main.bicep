@@ -98,6 +98,11 @@ param appInsightsEntraAuth bool = true
 @description('Create the Event Grid subscription to the apply_delivery_report function. False only for the first deployment, before the code is published (Event Grid checks that the function exists).')
 param subscribeDeliveryReports bool = true
 
+@description('The key of the recipient hashes in telemetry (PII_HASH_KEY): openssl rand -base64 32, kept per environment (docs/operations.md).')
+@secure()
+@minLength(32)
+param piiHashKey string
+
 param tags object = {}
 
 var suffix = take(uniqueString(subscription().id, resourceGroup().id, environmentName), 6)
@@ -192,6 +197,7 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     alwaysReadyHttpInstances: alwaysReadyHttpInstances
     zoneRedundant: zoneRedundant
+    piiHashKey: piiHashKey
   }
 }
 

@@ -348,6 +348,7 @@ def azure_settings(monkeypatch) -> dict[str, str]:
         "TABLES_ENDPOINT": "https://stnotifyprod.table.core.windows.net",
         "ATTACHMENTS_CONTAINER_URL": "https://stnotifyprod.blob.core.windows.net/attachments",
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-notify-prod.servicebus.windows.net",
+        "PII_HASH_KEY": "yJ3wq0mC4tV8pX1sN6bE9rK2fH5gL7dA0zQ3uW8iO1c=",
     }
     fields = {field.alias: field for field in Settings.model_fields.values()}
     values = {}

@@ -62,6 +62,7 @@ AZURE = {
     "QUEUE_BACKEND": "servicebus",
     "ServiceBusConnection__fullyQualifiedNamespace": "notify.servicebus.windows.net",
     "ATTACHMENTS_CONTAINER_URL": "https://notify.blob.core.windows.net/attachments",
+    "PII_HASH_KEY": "yJ3wq0mC4tV8pX1sN6bE9rK2fH5gL7dA0zQ3uW8iO1c=",
 }
 
 
@@ -80,6 +81,8 @@ def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
         ({"NOTIFY_DEV_KEYS": "sender=abc"}, "NOTIFY_DEV_KEYS"),
         ({"ATTACHMENTS_CONTAINER_URL": None}, "ATTACHMENTS_CONTAINER_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": "http://notify.blob.core.windows.net/attachments"}, "ATTACHMENTS_CONTAINER_URL"),
+        ({"PII_HASH_KEY": None}, "PII_HASH_KEY"),
+        ({"PII_HASH_KEY": "short-but-16-chars"}, "PII_HASH_KEY"),
     ],
 )
 def test_in_azure_secrets_and_local_backends_are_refused_by_name(changes, named):

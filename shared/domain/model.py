@@ -206,6 +206,9 @@ class Notification(BaseModel):
     owner: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: The W3C traceparent of the request that accepted it, so the spans of its delivery reports,
+    #: which arrive in Event Grid's own trace, can link back to it.
+    trace_context: str | None = None
     created_at: datetime
     updated_at: datetime
     queued_at: datetime | None = None
@@ -242,6 +245,7 @@ class Notification(BaseModel):
         request_hash: str | None = None,
         notification_id: str | None = None,
         owner: str | None = None,
+        trace_context: str | None = None,
     ) -> Notification:
         notification = cls(
             id=notification_id or str(uuid.uuid4()),
@@ -253,6 +257,7 @@ class Notification(BaseModel):
             owner=owner,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            trace_context=trace_context,
             created_at=at,
             updated_at=at,
         )

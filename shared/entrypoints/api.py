@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import bootstrap
+from .. import bootstrap, telemetry
 from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
@@ -263,6 +263,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         docs_url="/api/docs",
         redoc_url=None,
     )
+    telemetry.instrument_api(api)
 
     def caller(request: Request, *roles: str) -> Principal:
         principal = authenticate(request.headers.get("authorization"), get_services().settings)

@@ -98,7 +98,9 @@ class Worker:
         for _ in range(free - len(messages)):
             self._slots.release()
         for message in messages:
-            future = self._pool.submit(triggers.dispatch_queue_message, json.dumps(message.body))
+            future = self._pool.submit(
+                triggers.dispatch_queue_message, json.dumps(message.body), message.application_properties, message.enqueued_at
+            )
             future.add_done_callback(lambda f, m=message: self._settle(m, f))
         return len(messages)
 

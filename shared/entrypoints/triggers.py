@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from opentelemetry.trace import SpanKind
 
 from .. import bootstrap
 from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, FailureRateThresholds, Reconcile
 from ..service import handlers
+from ..service import observability as obs
 from .eventgrid import ParsedEvents, read_events
 
 log = logging.getLogger(__name__)
@@ -23,13 +26,39 @@ log = logging.getLogger(__name__)
 REQUEUE_AFTER = timedelta(minutes=2)
 
 
-def dispatch_queue_message(body: bytes | str) -> handlers.DispatchOutcome:
-    try:
-        data = json.loads(body)
-        cmd = DispatchNotification(notification_id=str(data["notificationId"]), attempt=int(data.get("attempt", 1)))
-    except (ValueError, KeyError, TypeError):
-        return handlers.DeadLettered("MalformedMessage", "The queue message is not a dispatch request.")
+def dispatch_queue_message(
+    body: bytes | str,
+    properties: Mapping[str, Any] | None = None,
+    enqueued_at: datetime | None = None,
+    *,
+    queue: str | None = None,
+) -> handlers.DispatchOutcome:
+    """One dispatch message, from the Service Bus trigger or the local worker: a consumer span
+    that continues the trace in the message's application properties (W3C ``traceparent``)."""
     svc = bootstrap.services()
+    queue = queue or svc.settings.notifications_queue
+    attributes = {"messaging.system": "servicebus", "messaging.destination.name": queue, "messaging.operation.type": "process"}
+    with obs.tracer.start_as_current_span(
+        f"{queue} process", context=obs.extract(properties), kind=SpanKind.CONSUMER, attributes=attributes
+    ):
+        if enqueued_at is not None:
+            if enqueued_at.tzinfo is None:  # the Functions binding gives UTC without a zone
+                enqueued_at = enqueued_at.replace(tzinfo=timezone.utc)
+            obs.queue_age.record(obs.since(enqueued_at, svc.clock.now()), {"queue": queue})
+        try:
+            data = json.loads(body)
+            cmd = DispatchNotification(notification_id=str(data["notificationId"]), attempt=int(data.get("attempt", 1)))
+        except (ValueError, KeyError, TypeError):
+            obs.dead_lettered.add(1, {"channel": "unknown", "reason": "MalformedMessage"})
+            log.warning(
+                "a queue message that is not a dispatch request was dead-lettered",
+                extra={"event": "notify.dead_lettered", "channel": "unknown", "reason": "MalformedMessage"},
+            )
+            return handlers.DeadLettered("MalformedMessage", "The queue message is not a dispatch request.")
+        return _dispatch(cmd, svc)
+
+
+def _dispatch(cmd: DispatchNotification, svc: bootstrap.Services) -> handlers.DispatchOutcome:
     return handlers.dispatch(
         cmd,
         ledger=svc.ledger,
