@@ -38,7 +38,7 @@ def dispatch_queue_message(
     svc = bootstrap.services()
     queue = queue or svc.settings.notifications_queue
     attributes = {"messaging.system": "servicebus", "messaging.destination.name": queue, "messaging.operation.type": "process"}
-    with obs.tracer.start_as_current_span(
+    with obs.span(
         f"{queue} process", context=obs.extract(properties), kind=SpanKind.CONSUMER, attributes=attributes
     ):
         if enqueued_at is not None:

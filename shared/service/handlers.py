@@ -123,7 +123,7 @@ def submit_notification(
     """Record and queue a notification. Returns it and whether it is new (False: an earlier
     request with the same idempotency key already created it)."""
     attributes = {"notify.channel": cmd.channel.value, **obs.recipient_attributes(r.address for r in cmd.recipients)}
-    with obs.tracer.start_as_current_span("notify.submit", attributes=attributes) as span:
+    with obs.span("notify.submit", attributes=attributes) as span:
         stored, created = _record(cmd, ledger=ledger, attachments=attachments, clock=clock)
         span.set_attribute("notify.notification.id", stored.id)
         span.set_attribute("notify.idempotent_replay", not created)
@@ -209,7 +209,7 @@ def submit_notifications(
     (``send_many``) and one for the marks (``save_many``). If the ledger or the queue fails, the
     error is raised; what was recorded but not queued is re-queued by the reconciliation.
     """
-    with obs.tracer.start_as_current_span("notify.submit_batch", attributes={"notify.batch.size": len(cmds)}):
+    with obs.span("notify.submit_batch", attributes={"notify.batch.size": len(cmds)}):
         return _submit_notifications(cmds, ledger=ledger, publisher=publisher, attachments=attachments, clock=clock)
 
 
@@ -321,7 +321,7 @@ def dispatch(
     """Make one send attempt. Safe to run for any message, any number of times, from any number of
     workers: the ledger decides whether this message may send at all (``dispatch_verdict``)."""
     attributes = {"notify.notification.id": cmd.notification_id, "notify.attempt": cmd.attempt}
-    with obs.about(cmd.notification_id), obs.tracer.start_as_current_span("notify.dispatch", attributes=attributes) as span:
+    with obs.about(cmd.notification_id), obs.span("notify.dispatch", attributes=attributes) as span:
         outcome = _dispatch(
             cmd,
             ledger=ledger,
@@ -598,18 +598,15 @@ def _acs_call(name: str, notification: Notification, addresses: list[str], *, me
     }
     started = time.perf_counter()
     outcome = "ok"
-    with obs.tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False) as span:
-        try:
+    try:
+        with obs.span(name, kind=SpanKind.CLIENT, attributes=attributes):
             yield
-        except Exception as exc:
-            outcome = type(exc).__name__
-            obs.failed(span, exc)
-            raise
-        finally:
-            if measure:
-                obs.send_duration.record(
-                    time.perf_counter() - started, {"channel": notification.channel.value, "outcome": outcome}
-                )
+    except Exception as exc:
+        outcome = type(exc).__name__
+        raise
+    finally:
+        if measure:
+            obs.send_duration.record(time.perf_counter() - started, {"channel": notification.channel.value, "outcome": outcome})
 
 
 @dataclass
@@ -679,7 +676,7 @@ def _report_span(notification: Notification, report: DeliveryReport):
         "notify.report.event_id": report.event_id,
         **obs.recipient_attributes([report.recipient] if report.recipient else []),
     }
-    return obs.tracer.start_as_current_span(
+    return obs.span(
         "notify.delivery_report", links=obs.link_to(notification.trace_context), attributes=attributes
     )
 
@@ -783,7 +780,7 @@ def reconcile(
     clock: Clock,
     batch: int = 500,
 ) -> Reconciled:
-    with obs.tracer.start_as_current_span("notify.reconcile"):
+    with obs.span("notify.reconcile"):
         return _reconcile(cmd, ledger=ledger, publisher=publisher, suppressions=suppressions, clock=clock, batch=batch)
 
 

@@ -142,6 +142,18 @@ def link_to(traceparent: str | None) -> list[Link]:
     return [Link(context, {"notify.link": "notification"})] if context.is_valid else []
 
 
+@contextmanager
+def span(name: str, **options: Any) -> Iterator[Span]:
+    """``tracer.start_as_current_span`` for our spans: an exception that escapes marks the span
+    failed with its text masked, rather than the SDK's raw ``str(exception)``."""
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False, **options) as current:
+        try:
+            yield current
+        except Exception as exc:
+            failed(current, exc)
+            raise
+
+
 def failed(span: Span, error: BaseException) -> None:
     """Mark a span failed without putting the error's raw text on it (ACS echoes addresses)."""
     span.set_status(Status(StatusCode.ERROR, redact_text(str(error))[:500]))
