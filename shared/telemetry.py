@@ -179,6 +179,15 @@ def configure_for_tests():
     return exporter, reader
 
 
+def flush() -> None:
+    """Export what the providers hold, before a process stops (exit handlers may not run: uvicorn
+    ends by re-raising the signal that stopped it)."""
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        force_flush = getattr(provider, "force_flush", None)  # the API's no-op providers have none
+        if force_flush is not None:
+            force_flush()
+
+
 def instrument_api(app: Any) -> None:
     """Server spans for the HTTP API, continuing a caller's ``traceparent``. The health probe is
     left out: it would be most of the traces and says nothing."""

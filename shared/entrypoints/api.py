@@ -253,6 +253,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         # bad one is reported by name instead of failing some later request.
         get_services()
         yield
+        telemetry.flush()
 
     api = FastAPI(
         lifespan=lifespan,

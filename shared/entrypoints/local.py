@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .. import bootstrap
+from .. import bootstrap, telemetry
 from ..domain.errors import LockLost
 from ..service.handlers import DeadLettered
 from ..service.ports import ReceivedMessage
@@ -130,6 +130,8 @@ def run_worker(reconcile: bool = True) -> None:
     except KeyboardInterrupt:
         worker.stopping.set()
         worker._pool.shutdown(wait=True)
+    finally:
+        telemetry.flush()
 
 
 def run_api(host: str, port: int) -> None:
