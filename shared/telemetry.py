@@ -50,14 +50,13 @@ class LogContext(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "_notify_redacted", False):
-            return True  # another handler already did it: the record is shared
-        record._notify_redacted = True
+        # Every handler runs this on the same record; each step is idempotent.
         if not getattr(record, "notification_id", None):
             record.notification_id = observability.current_notification.get() or "-"
         context = trace.get_current_span().get_span_context()
-        record.trace_id = format(context.trace_id, "032x") if context.is_valid else "-"
-        record.span_id = format(context.span_id, "016x") if context.is_valid else "-"
+        if context.is_valid or not hasattr(record, "trace_id"):
+            record.trace_id = format(context.trace_id, "032x") if context.is_valid else "-"
+            record.span_id = format(context.span_id, "016x") if context.is_valid else "-"
         message = record.getMessage()
         redacted = redact_text(message)
         if redacted != message:

@@ -392,7 +392,7 @@ def _dispatch(
 
     notification, verdict = _modify(ledger, nid, claim)
     if listed and verdict in ("send", "done"):
-        obs.count_outcome(notification.channel.value, "suppressed", len(listed))
+        obs.count_outcome(notification.channel.value, "suppressed", len(listed), source="suppression_list")
     if verdict == "wait":
         return _wait_for_lease(notification, cmd.attempt, publisher, clock)
     if verdict != "send":
@@ -580,7 +580,7 @@ def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clo
 
     _modify(ledger, notification.id, record)
     obs.sent.add(tally.get("sent", 0), {"channel": "sms"})
-    obs.count_outcome("sms", "failed", tally.get("failed", 0))
+    obs.count_outcome("sms", "failed", tally.get("failed", 0), source="acs_refused")
     if retryable:
         raise retryable[0]
 

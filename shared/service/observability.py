@@ -78,10 +78,12 @@ OUTCOME_OF_STATUS = {
 }
 
 
-def count_outcome(channel: str, status: str, n: int = 1) -> None:
+def count_outcome(channel: str, status: str, n: int = 1, *, source: str = "delivery_report") -> None:
+    """``source``: ``delivery_report`` (ACS's verdict), ``acs_refused`` (ACS refused a recipient
+    at send time) or ``suppression_list`` (ours, before sending: not in ACS's failure rate)."""
     outcome = OUTCOME_OF_STATUS.get(status)
     if outcome is not None and n:
-        OUTCOME_COUNTERS[outcome].add(n, {"channel": channel})
+        OUTCOME_COUNTERS[outcome].add(n, {"channel": channel, "source": source})
 
 
 # ------------------------------------------------------------------------------ context
