@@ -71,6 +71,38 @@ class LogContext(logging.Filter):
         return True
 
 
+def _mask_span_text(span: Any) -> None:
+    """Mask recipients in a finished span's status message and exception events.
+
+    Our own spans never put raw error text there (``observability.span``), but instrumentation
+    libraries do: the FastAPI server span records any exception that escapes a route, message and
+    all. OpenTelemetry has no hook to change a span before export except a processor's ``on_end``,
+    and the SDK hands every processor the same ``ReadableSpan``; so this one, registered before the
+    exporting processor, rewrites the two fields in place (private attributes of the pinned SDK).
+    """
+    from opentelemetry.sdk.trace import Event
+    from opentelemetry.trace import Status
+
+    status = span.status
+    if status.description and (masked := redact_text(status.description)) != status.description:
+        span._status = Status(status.status_code, masked)
+    if span.events:
+        span._events = tuple(
+            Event(e.name, {k: redact_text(v) if isinstance(v, str) else v for k, v in (e.attributes or {}).items()}, e.timestamp)
+            for e in span.events
+        )
+
+
+def _masking_processor():
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class MaskRecipients(SpanProcessor):
+        def on_end(self, span) -> None:
+            _mask_span_text(span)
+
+    return MaskRecipients()
+
+
 def _formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
@@ -112,6 +144,7 @@ def _console(role: str) -> None:
 
     resource = _resource(role)
     tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(_masking_processor())
     # Simple, not batched: locally a span should be on the screen when its work is done.
     tracer_provider.add_span_processor(
         SimpleSpanProcessor(ConsoleSpanExporter(formatter=lambda span: _one_line(CONSOLE_SPAN_KEY, span.to_json())))
@@ -133,6 +166,8 @@ def _azure_monitor(connection_string: str, role: str, credential: Any | None) ->
         # The API instruments its FastAPI app itself (instrument_api), in Azure and locally alike;
         # the distro's automatic FastAPI instrumentation would add a second server span.
         "instrumentation_options": {"fastapi": {"enabled": False}},
+        # Runs before the distro's exporting processor (it adds custom processors first).
+        "span_processors": [_masking_processor()],
     }
     if credential is not None:
         options["credential"] = credential
@@ -172,6 +207,7 @@ def configure_for_tests():
 
     exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
     tracer_provider = TracerProvider(resource=_resource("test"))
+    tracer_provider.add_span_processor(_masking_processor())
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(MeterProvider(resource=_resource("test"), metric_readers=[reader]))

@@ -258,3 +258,17 @@ def test_the_reconciler_publishes_each_channels_failure_rate(telemetry):
 
     [point] = telemetry.points("notify.failure_rate", channel="email")
     assert point.value == 0.25
+
+
+def test_an_exception_a_library_records_on_a_span_is_exported_with_the_recipient_masked(telemetry):
+    from opentelemetry import trace
+
+    with pytest.raises(ValueError):
+        with trace.get_tracer("some.library").start_as_current_span("GET /somewhere"):
+            raise ValueError(f"no route to {ADDRESS} or +14255557731")
+
+    exported = telemetry.span("GET /somewhere")
+    assert ADDRESS not in exported.to_json() and "+14255557731" not in exported.to_json()
+    [event] = exported.events
+    assert event.attributes["exception.message"] == "no route to g***@navy.example.org or +1******7731"
+    assert "g***@navy.example.org" in exported.status.description
