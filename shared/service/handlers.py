@@ -9,9 +9,9 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, ContextManager, Iterator, TypeVar
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from ..domain.commands import (
     ApplyDeliveryReports,
@@ -43,6 +43,7 @@ from ..domain.model import (
     DeliveryReport,
     Notification,
     NotificationStatus,
+    Recipient,
     RecipientStatus,
     Suppression,
 )
@@ -665,7 +666,7 @@ def apply_delivery_reports(
     return summary
 
 
-def _report_span(notification: Notification, report: DeliveryReport):
+def _report_span(notification: Notification, report: DeliveryReport) -> ContextManager[Span]:
     """A span per delivery report, in Event Grid's trace, linked to the trace that accepted the
     notification: an operator can walk from the request to its outcome."""
     attributes = {
@@ -681,7 +682,7 @@ def _report_span(notification: Notification, report: DeliveryReport):
     )
 
 
-def _recipient_outcome(notification: Notification, recipient, now: datetime) -> None:
+def _recipient_outcome(notification: Notification, recipient: Recipient, now: datetime) -> None:
     """Metrics and one structured log line for a recipient whose status a report changed: what the
     operations queries (docs/operations.md) count bounces by domain and slow deliveries from."""
     channel, status = notification.channel.value, recipient.status.value
