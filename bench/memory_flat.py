@@ -27,10 +27,12 @@ To tell where growth comes from, each sample also records the anonymous part of 
 libsqlite3 Python is linked against), and at the end the RSS is read again after glibc's
 ``malloc_trim(0)``. ``--tracemalloc`` starts ``tracemalloc`` at the warm-up sample and, at the end
 (after ``gc.collect()``), prints the allocation sites still alive that were made after warm-up; it
-halves the send rate, so such a run's sends/s are not comparable. Running with
-``MALLOC_ARENA_MAX=2`` in the environment shows what glibc's per-thread malloc arenas (one per
-dispatch thread, up to 8 per core) contribute: on the 2-core machine this was written on, the
-growth over 50,000 sends was 14-16 % with the default and under 1 % with 2 arenas, while
+halves the send rate, so such a run's sends/s are not comparable. The dispatcher is
+measured as the supervisor starts it, with ``shared.entrypoints.local.DISPATCHER_ENV``
+(``MALLOC_ARENA_MAX=2``; the script re-executes itself with it); ``--glibc-default`` runs without it
+and shows what glibc's per-thread malloc arenas (one per dispatch thread, up to 8 per core)
+contribute: on the 2-core machine this was written on, the growth over 50,000 sends was 14-16 %
+with the default and under 1 % with 2 arenas, while
 ``tracemalloc`` found under 2 MiB of live Python objects added, all in bounded caches.
 """
 
@@ -121,9 +123,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5000, help="sends before the baseline sample")
     parser.add_argument("--tracemalloc", action="store_true", help="trace allocations from the warm-up sample on")
     parser.add_argument("--trace-frames", type=int, default=1, help="frames per traceback with --tracemalloc")
+    parser.add_argument(
+        "--glibc-default", action="store_true",
+        help="run without the environment the supervisor gives dispatchers (glibc's default malloc arenas)",
+    )
     args = parser.parse_args()
     if not args.sample_every <= args.warmup < args.notifications:
         parser.error("need --sample-every <= --warmup < --notifications")
+
+    from shared.entrypoints.local import DISPATCHER_ENV
+
+    # Measure the dispatcher as it runs: the supervisor (and the Functions app settings) start it
+    # with DISPATCHER_ENV, which glibc reads only at process start, hence the re-exec.
+    if not args.glibc_default and any(k not in os.environ for k in DISPATCHER_ENV):
+        os.execve(sys.executable, [sys.executable, *sys.argv], DISPATCHER_ENV | dict(os.environ))
 
     from shared import bootstrap
     from shared.adapters.embedded_queue import EmbeddedQueue

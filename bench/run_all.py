@@ -36,6 +36,8 @@ BENCHMARKS: list[tuple[list[str], list[str], str]] = [
     (["report_ingest.py", "--backend", "table", "--batches", "2"], ["report_ingest.py", "--backend", "table", "--batches", "1", "--batch-size", "200"],
      "delivery reports per second, 1,000-event batches, Table Storage (Azurite)"),
     (["reconciliation_scale.py"], ["reconciliation_scale.py", "--large", "100000"], "reconciliation report at 1 million against 10 thousand rows"),
+    (["dashboard_buckets.py"], ["dashboard_buckets.py", "--rows", "100000", "--window-rows", "100000"],
+     "dashboard figures for 24 hours, a million rows in them"),
     (["memory_flat.py"], ["memory_flat.py", "--notifications", "10000"], "dispatcher resident memory growth over 50,000 notifications"),
 ]
 

@@ -95,6 +95,12 @@ param alwaysReadyHttpInstances int = 0
 @description('App Insights accepts only Entra-authenticated telemetry (the Function App\'s identity).')
 param appInsightsEntraAuth bool = true
 
+@description('STATUS_EVENT_TYPE_PREFIX: status event types are <prefix>.notification.<status>.')
+param statusEventTypePrefix string = 'Notify'
+
+@description('Create the example status event subscription (every event into the status-events storage queue).')
+param statusEventsExampleSubscription bool = true
+
 @description('Create the Event Grid subscription to the apply_delivery_report function. False only for the first deployment, before the code is published (Event Grid checks that the function exists).')
 param subscribeDeliveryReports bool = true
 
@@ -102,6 +108,9 @@ param subscribeDeliveryReports bool = true
 @secure()
 @minLength(32)
 param piiHashKey string
+
+@description('Object ids of the apps\' identities (service principals) that may put notification requests on the requests queue: each gets Azure Service Bus Data Sender on that queue only.')
+param requestSenderPrincipalIds array = []
 
 param tags object = {}
 
@@ -162,6 +171,18 @@ module communication 'modules/communication.bicep' = {
   }
 }
 
+module statusEvents 'modules/status-events-topic.bicep' = {
+  name: 'status-events-topic'
+  params: {
+    topicName: 'evgt-status-${baseName}'
+    location: location
+    tags: allTags
+    storageAccountName: storage.outputs.name
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
+    exampleSubscription: statusEventsExampleSubscription
+  }
+}
+
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
   params: {
@@ -176,6 +197,7 @@ module functionApp 'modules/functionapp.bicep' = {
     workspaceId: monitoring.outputs.workspaceId
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     notificationsQueueName: serviceBus.outputs.queueName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
     queueLockSeconds: serviceBus.outputs.lockSeconds
     queueMaxDeliveryCount: serviceBus.outputs.maxDeliveryCount
     tablesEndpoint: empty(tablesEndpoint) ? storage.outputs.tablesEndpoint : tablesEndpoint
@@ -193,6 +215,9 @@ module functionApp 'modules/functionapp.bicep' = {
     emailWarmupHourly: emailWarmupHourly
     deliveryReportDeadlineSeconds: deliveryReportDeadlineSeconds
     retentionDays: retentionDays
+    statusEventsTopicEndpoint: statusEvents.outputs.endpoint
+    statusEventTypePrefix: statusEventTypePrefix
+    statusEventSource: '/notify/${environmentName}'
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     alwaysReadyHttpInstances: alwaysReadyHttpInstances
@@ -208,9 +233,20 @@ module functionRoles 'modules/function-roles.bicep' = {
     storageAccountName: storage.outputs.name
     serviceBusNamespaceName: serviceBus.outputs.namespaceName
     queueName: serviceBus.outputs.queueName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
     acsName: communication.outputs.acsName
     appInsightsName: monitoring.outputs.appInsightsName
     appInsightsEntraAuth: appInsightsEntraAuth
+    statusEventsTopicName: statusEvents.outputs.name
+  }
+}
+
+module requestSenders 'modules/requests-queue-senders.bicep' = {
+  name: 'requests-queue-senders'
+  params: {
+    principalIds: requestSenderPrincipalIds
+    serviceBusNamespaceName: serviceBus.outputs.namespaceName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
   }
 }
 
@@ -266,3 +302,6 @@ output customDomainVerificationStates object = communication.outputs.customDomai
 output eventGridSystemTopic string = eventGridTopic.outputs.name
 output deliveryReportSubscription string = eventGridSubscription.outputs.subscriptionName
 output alertRules array = alerts.outputs.alertRuleNames
+output statusEventsTopic string = statusEvents.outputs.name
+output statusEventsTopicEndpoint string = statusEvents.outputs.endpoint
+output statusEventsExampleSubscription string = statusEvents.outputs.exampleSubscriptionName

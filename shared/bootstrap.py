@@ -12,7 +12,10 @@ from functools import cached_property
 from pathlib import Path
 
 from .config import Settings, load_settings
+from .domain.commands import FailureRateThresholds
+from .domain.commands import RelayStatusEvents
 from .service.retry import RetryPolicy
+from .service.status_events import Destination
 
 #: Matches the Service Bus queue's duplicate detection window in infra.
 DUPLICATE_DETECTION_WINDOW = timedelta(minutes=10)
@@ -41,6 +44,48 @@ class Services:
     def policy(self) -> RetryPolicy:
         s = self.settings
         return RetryPolicy(max_attempts=s.max_send_attempts, base_seconds=s.retry_base_seconds, max_seconds=s.retry_max_seconds)
+
+    @property
+    def failure_rate_thresholds(self) -> FailureRateThresholds:
+        s = self.settings
+        return FailureRateThresholds(
+            warning=s.failure_rate_warning,
+            critical=s.failure_rate_critical,
+            window_minutes=s.failure_rate_window_minutes,
+            min_sent=s.failure_rate_min_sent,
+        )
+
+    @cached_property
+    def status_relay_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(base_seconds=s.status_relay_retry_base_seconds, max_seconds=s.status_relay_retry_max_seconds)
+
+    @property
+    def status_relay_command(self) -> RelayStatusEvents:
+        s = self.settings
+        return RelayStatusEvents(type_prefix=s.status_event_type_prefix, source=s.status_event_source)
+
+    @cached_property
+    def status_destinations(self) -> list[Destination]:
+        """Where status events go, each with its backoff, kept for the life of the process."""
+        s = self.settings
+        destinations = []
+        if s.status_events_topic_endpoint:
+            from azure.eventgrid import EventGridPublisherClient
+
+            from .adapters.eventgrid_topic import EventGridTopic
+
+            client = EventGridPublisherClient(s.status_events_topic_endpoint, self.azure_credential)
+            destinations.append(Destination(EventGridTopic(client, s.status_events_topic_endpoint)))
+        if s.status_event_subscribers:
+            import httpx
+
+            from .adapters.webhook_subscribers import WebhookSubscriber
+
+            # Event Grid waits 30 s for a subscriber; a local one that takes longer is failing.
+            client = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
+            destinations += [Destination(WebhookSubscriber(url, client)) for url in s.status_event_subscribers]
+        return destinations
 
     @cached_property
     def templates(self):
@@ -127,25 +172,39 @@ class Services:
         return timedelta(seconds=2 * per_call + 10)
 
     @cached_property
-    def queue(self):
+    def servicebus_client(self):
+        from azure.servicebus import ServiceBusClient
+
+        return ServiceBusClient(fully_qualified_namespace=self.settings.servicebus_namespace, credential=self.azure_credential)
+
+    def _named_queue(self, name: str):
         s = self.settings
         if s.queue_backend == "servicebus":
-            from azure.servicebus import ServiceBusClient
-
             from .adapters.servicebus_queue import ServiceBusQueue
 
-            client = ServiceBusClient(fully_qualified_namespace=s.servicebus_namespace, credential=self.azure_credential)
-            return ServiceBusQueue(client, s.notifications_queue)
+            return ServiceBusQueue(self.servicebus_client, name)
         from .adapters.embedded_queue import EmbeddedQueue
 
+        # Every named queue in one file, as every queue of one namespace in Service Bus.
         return EmbeddedQueue(
             s.data_dir / "queue.sqlite3",
-            s.notifications_queue,
+            name,
             max_delivery_count=s.queue_max_delivery_count,
             lock_duration=timedelta(seconds=s.queue_lock_seconds),
             duplicate_detection_window=DUPLICATE_DETECTION_WINDOW,
             clock=self.clock,
         )
+
+    @cached_property
+    def queue(self):
+        """The dispatch queue: accepted notifications waiting to be sent."""
+        return self._named_queue(self.settings.notifications_queue)
+
+    @cached_property
+    def requests_queue(self):
+        """The requests queue: notification requests other apps put on Service Bus (received by
+        the intake trigger in Azure, by the local worker on the local stack)."""
+        return self._named_queue(self.settings.requests_queue)
 
     @property
     def publisher(self):

@@ -37,6 +37,8 @@ DEFAULT_ATTACHMENT_CONTENT_TYPES = (
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
     "application/zip",
 )
+#: An Event Grid event type segment: letters and digits, dot-separated (``Contoso.Notify``).
+_TYPE_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)*")
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
@@ -52,6 +54,8 @@ class Settings(BaseSettings):
     ledger_backend: Literal["sqlite", "table"] = Field("sqlite", alias="LEDGER_BACKEND")
     queue_backend: Literal["embedded", "servicebus"] = Field("embedded", alias="QUEUE_BACKEND")
     notifications_queue: str = Field("notifications", alias="NOTIFICATIONS_QUEUE")
+    # Where other apps put notification requests (the intake trigger's queue, and the CLI's enqueue).
+    requests_queue: str = Field("notification-requests", alias="REQUESTS_QUEUE", min_length=1, max_length=260)
     # https://<account>.table.core.windows.net (or a Cosmos DB for Table endpoint).
     tables_endpoint: str | None = Field(None, alias="TABLES_ENDPOINT")
     # Only for Azurite on a laptop; in Azure the identity authenticates against TABLES_ENDPOINT.
@@ -121,6 +125,20 @@ class Settings(BaseSettings):
     # The key of the recipient hashes in telemetry (HMAC-SHA256), one per environment. Changing it
     # makes older telemetry unsearchable by recipient; a fixed development key serves locally.
     pii_hash_key: str = Field(DEV_PII_HASH_KEY, alias="PII_HASH_KEY", min_length=16)
+    # Status events out (README "Status events"): the Event Grid custom topic in Azure
+    # (https://<topic>.<region>-1.eventgrid.azure.net/api/events; the identity needs EventGrid Data
+    # Sender), subscriber URLs on the local stack, comma-separated. Neither: events are dropped
+    # as a topic without subscriptions would.
+    status_events_topic_endpoint: str | None = Field(None, alias="STATUS_EVENTS_TOPIC_ENDPOINT")
+    status_event_subscribers: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="STATUS_EVENT_SUBSCRIBERS")
+    # Event types are <prefix>.notification.<status>; the source names the service.
+    status_event_type_prefix: str = Field("Notify", alias="STATUS_EVENT_TYPE_PREFIX")
+    status_event_source: str = Field("/notify", alias="STATUS_EVENT_SOURCE", min_length=1)
+    # How often the local worker relays (the timer's STATUS_RELAY_SCHEDULE does in Azure), and the
+    # backoff of a destination that fails: doubling from the base up to the cap, with jitter.
+    status_relay_interval_seconds: float = Field(1.0, alias="STATUS_RELAY_INTERVAL_SECONDS", gt=0)
+    status_relay_retry_base_seconds: float = Field(1.0, alias="STATUS_RELAY_RETRY_BASE_SECONDS", gt=0)
+    status_relay_retry_max_seconds: float = Field(300.0, alias="STATUS_RELAY_RETRY_MAX_SECONDS", gt=0)
 
     dispatch_concurrency: int = Field(8, alias="DISPATCH_CONCURRENCY", ge=1, le=256)
     queue_lock_seconds: int = Field(60, alias="QUEUE_LOCK_SECONDS", ge=5, le=300)
@@ -144,6 +162,34 @@ class Settings(BaseSettings):
     def _at_least_one(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("needs at least one sender; the first is the default")
+        return value
+
+    @field_validator("status_event_subscribers", mode="before")
+    @classmethod
+    def _subscriber_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, (list, tuple)):
+            bad = [u for u in value if urlparse(str(u)).scheme not in ("http", "https") or not urlparse(str(u)).netloc]
+            if bad:
+                raise ValueError("must be http(s) URLs, comma-separated")
+        return value
+
+    @field_validator("status_events_topic_endpoint")
+    @classmethod
+    def _topic_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = urlparse(value)
+        if url.scheme not in ("https", "http") or not url.netloc:
+            raise ValueError("must be the topic's endpoint: https://<topic>.<region>-1.eventgrid.azure.net/api/events")
+        return value
+
+    @field_validator("status_event_type_prefix")
+    @classmethod
+    def _type_prefix(cls, value: str) -> str:
+        if not _TYPE_PREFIX.fullmatch(value):
+            raise ValueError("must be dot-separated words of letters and digits, such as Notify or Contoso.Notify")
         return value
 
     @field_validator("attachment_content_types", mode="before")
@@ -175,6 +221,8 @@ class Settings(BaseSettings):
             raise ValueError("FAILURE_RATE_CRITICAL must not be below FAILURE_RATE_WARNING")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("RETRY_MAX_SECONDS must not be below RETRY_BASE_SECONDS")
+        if self.status_relay_retry_max_seconds < self.status_relay_retry_base_seconds:
+            raise ValueError("STATUS_RELAY_RETRY_MAX_SECONDS must not be below STATUS_RELAY_RETRY_BASE_SECONDS")
         if self.environment == "azure":
             # No secrets in Azure, and nothing that lives on the instance's disk.
             if self.dev_keys:
@@ -194,6 +242,10 @@ class Settings(BaseSettings):
                 raise ValueError("QUEUE_BACKEND must be servicebus in Azure")
             if self.attachments_container_url and not self.attachments_container_url.startswith("https://"):
                 raise ValueError("ATTACHMENTS_CONTAINER_URL must be https in Azure")
+            if not (self.status_events_topic_endpoint or "").startswith("https://"):
+                raise ValueError("STATUS_EVENTS_TOPIC_ENDPOINT must be the https endpoint of the Event Grid topic in Azure")
+            if self.status_event_subscribers:
+                raise ValueError("STATUS_EVENT_SUBSCRIBERS is for the local stack; in Azure subscribe to the Event Grid topic")
         if self.ledger_backend == "table" and not (self.tables_endpoint or self.tables_connection_string):
             raise ValueError("LEDGER_BACKEND=table needs TABLES_ENDPOINT (or TABLES_CONNECTION_STRING for Azurite)")
         if self.ledger_backend == "table" and not self.attachments_container_url:

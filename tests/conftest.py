@@ -9,7 +9,7 @@ from tests.fakes import (
     FakeClock,
     FakeEmailSender,
     FakeLedger,
-    FakePublisher,
+    FakeQueue,
     FakeSmsSender,
     FakeSuppressionList,
     UnlimitedRateLimiter,
@@ -35,7 +35,7 @@ def faked_services():
     services = bootstrap.Services(Settings(**SETTINGS))
     services.clock = FakeClock()
     services.ledger = FakeLedger()
-    services.queue = FakePublisher()
+    services.queue = FakeQueue()
     services.attachments = FakeAttachmentStore()
     services.email_sender = FakeEmailSender()
     services.sms_sender = FakeSmsSender()

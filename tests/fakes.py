@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from shared.domain.errors import ConcurrencyConflict, SendError
-from shared.domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
-from shared.service.ports import OutgoingEmail, OutgoingMessage, OutgoingSms, SmsRecipientResult
+from shared.domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
+from shared.service.ports import DeadLetteredMessage, OutgoingEmail, OutgoingMessage, OutgoingSms, SmsRecipientResult
 
 
 class FakeClock:
@@ -32,9 +32,21 @@ class FakeLedger:
         self.rows: dict[str, Notification] = {}
         self.parked: dict[str, DeliveryReport] = {}
         self.parked_at: dict[str, datetime] = {}
+        self.audit: dict[str, AuditEntry] = {}
+        #: The status event outbox, in the order the writes stored them.
+        self.outbox: dict[str, StatusEvent] = {}
+        self.published: set[str] = set()
 
     def _copy(self, n: Notification) -> Notification:
         return n.model_copy(deep=True)
+
+    def _store(self, n: Notification) -> None:
+        """The write itself: the notification and its pending status events, together."""
+        for event in n.pending_status_events:
+            if event.id not in self.published:
+                self.outbox.setdefault(event.id, event.model_copy(deep=True))
+        n.pending_status_events = []
+        self.rows[n.id] = self._copy(n)
 
     def add(self, notification: Notification) -> Notification:
         if notification.idempotency_key:
@@ -42,7 +54,7 @@ class FakeLedger:
                 if existing.idempotency_key == notification.idempotency_key:
                     return self._copy(existing)
         notification.version = 1
-        self.rows[notification.id] = self._copy(notification)
+        self._store(notification)
         return notification
 
     def add_many(self, notifications: list[Notification]) -> list[Notification]:
@@ -64,7 +76,7 @@ class FakeLedger:
                 lost.append(n)
                 continue
             n.version += 1
-            self.rows[n.id] = self._copy(n)
+            self._store(n)
         return lost
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
@@ -126,9 +138,60 @@ class FakeLedger:
         old = sorted((n for n in self.rows.values() if n.created_at < accepted_before), key=lambda n: n.created_at)[:limit]
         for n in old:
             del self.rows[n.id]
+        gone = {n.id for n in old}
+        self.outbox = {e: event for e, event in self.outbox.items() if event.notification_id not in gone}
         for event_id in [e for e, at in self.parked_at.items() if at < accepted_before]:
             del self.parked[event_id], self.parked_at[event_id]
         return len(old)
+
+    def dead_lettered(self, *, channel=None, reason=None, since=None, limit: int = 100) -> list[Notification]:
+        found = [
+            n for n in self.rows.values()
+            if n.status is NotificationStatus.DEAD_LETTERED
+            and (channel is None or n.channel is channel)
+            and (reason is None or n.dead_letter.reason == reason)
+            and (since is None or n.dead_letter.at >= since)
+        ]
+        found.sort(key=lambda n: (-n.dead_letter.at.timestamp(), n.id))
+        return [self._copy(n) for n in found[:limit]]
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        self.audit[entry.id] = entry.model_copy(deep=True)
+
+    def audit_entries(self, *, since=None, limit: int = 100) -> list[AuditEntry]:
+        found = [e for e in self.audit.values() if since is None or e.at >= since]
+        found.sort(key=lambda e: (-e.at.timestamp(), e.id))
+        return [e.model_copy(deep=True) for e in found[:limit]]
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        return [e.model_copy(deep=True) for e in list(self.outbox.values())[:limit]]
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        for event in events:
+            self.outbox.pop(event.id, None)
+            self.published.add(event.id)
+
+
+class FakeStatusEventPublisher:
+    """A status event destination in memory: ``batches`` records every batch it took, in order;
+    ``failures`` are raised one per call before it takes anything again."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.batches: list[list[dict]] = []
+        self.failures: list[Exception] = []
+        self.calls = 0
+
+    def publish(self, events: list[dict]) -> None:
+        self.calls += 1
+        if not events:
+            raise AssertionError("publish was called with no events")
+        if self.failures:
+            raise self.failures.pop(0)
+        self.batches.append(copy.deepcopy(events))
+
+    @property
+    def events(self) -> list[dict]:
+        return [e for batch in self.batches for e in batch]
 
 
 class FakePublisher:
@@ -145,6 +208,44 @@ class FakePublisher:
     def send_many(self, messages: list[OutgoingMessage]) -> None:
         for message in messages:
             self.send(message)
+
+
+class FakeQueue(FakePublisher):
+    """A publisher with a dead-letter sub-queue (``DeadLetterQueue``): ``dead`` holds the dead
+    letters by sequence number; ``removed`` records what was removed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead: dict[int, DeadLetteredMessage] = {}
+        self.removed: list[int] = []
+        self._sequence = 0
+
+    def add_dead_letter(
+        self, body: dict, reason: str, at: datetime, *, description: str = "", message_id: str | None = None
+    ) -> DeadLetteredMessage:
+        self._sequence += 1
+        dead = DeadLetteredMessage(
+            body=body,
+            message_id=message_id or f"m-{self._sequence}",
+            application_properties={},
+            delivery_count=1,
+            enqueued_at=at,
+            sequence_number=self._sequence,
+            reason=reason,
+            description=description,
+            dead_lettered_at=at,
+        )
+        self.dead[self._sequence] = dead
+        return dead
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        return sorted(self.dead.values(), key=lambda d: (d.dead_lettered_at, d.sequence_number))[:limit]
+
+    def remove_dead_letter(self, sequence_number: int) -> bool:
+        if self.dead.pop(sequence_number, None) is None:
+            return False
+        self.removed.append(sequence_number)
+        return True
 
 
 @dataclass

@@ -3,14 +3,23 @@
 import asyncio
 import json
 import re
+import subprocess
+import uuid
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import azure.functions as func
+import pytest
+import uamqp
 from azure.functions.servicebus import ServiceBusMessage
+from azurefunctions.extensions.base import Datum
+from azurefunctions.extensions.bindings.servicebus import ServiceBusConverter, ServiceBusReceivedMessage
+from uamqp.message import MessageProperties
 
 import function_app
 from shared.domain.model import NotificationStatus
 from tests.conftest import ROOT, SETTINGS
+from tests.fakes import FakeLedger
 
 LOCAL_SETTINGS = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
 
@@ -39,8 +48,10 @@ def test_the_app_registers_the_http_api_the_dispatcher_the_report_handler_and_th
     assert kinds == {
         "http_app_func": "httpTrigger",
         "dispatch_notification": "serviceBusTrigger",
+        "accept_notification_request": "serviceBusTrigger",
         "apply_delivery_report": "eventGridTrigger",
         "reconcile": "timerTrigger",
+        "relay_status_events": "timerTrigger",
     }
 
 
@@ -56,6 +67,13 @@ def test_the_dispatcher_reads_its_queue_name_and_connection_from_app_settings():
 def test_the_reconciler_schedule_is_an_app_setting_with_a_six_field_cron():
     schedule = LOCAL_SETTINGS[setting_name(trigger("reconcile")["schedule"])]
     assert len(schedule.split()) == 6
+
+
+def test_the_status_relay_runs_every_few_seconds_from_an_app_setting():
+    schedule = LOCAL_SETTINGS[setting_name(trigger("relay_status_events")["schedule"])]
+    seconds, *rest = schedule.split()
+    assert len(rest) == 5 and rest == ["*"] * 5
+    assert seconds.startswith("*/") and 1 <= int(seconds[2:]) <= 10
 
 
 def test_the_http_api_leaves_authentication_to_the_app():
@@ -168,3 +186,133 @@ def test_the_timer_function_marks_overdue_sends_unconfirmed(faked_services):
     functions()["reconcile"].get_user_function()(None)
 
     assert faked_services.ledger.get(nid).status is NotificationStatus.UNCONFIRMED
+
+
+def test_the_http_function_serves_the_dashboard_page_and_its_data_only_to_an_operator(faked_services):
+    page = call_http("GET", "/api/admin/dashboard")
+    assert page.status_code == 200 and b"Operator key or token" in page.get_body()
+    assert call_http("GET", "/api/admin/dashboard/dashboard.js").status_code == 200
+    assert call_http("GET", "/api/admin/dashboard/data").status_code == 401
+    data = call_http("GET", "/api/admin/dashboard/data", headers={"Authorization": "Bearer test-operator"})
+    assert data.status_code == 200 and "failureRate" in json.loads(data.get_body())
+
+
+def test_the_package_keeps_the_dashboard_files_and_leaves_the_tests_out():
+    # .funcignore has .gitignore's syntax, so git itself says what it leaves out of the package.
+    static = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shared" / "entrypoints" / "static").iterdir())
+    assert {"shared/entrypoints/static/dashboard.html", "shared/entrypoints/static/dashboard.js"} <= set(static)
+
+    def left_out(path: str) -> bool:
+        checked = subprocess.run(
+            ["git", "-c", f"core.excludesFile={ROOT / '.funcignore'}", "check-ignore", "--no-index", "-q", path],
+            cwd=ROOT, capture_output=True,
+        )
+        assert checked.returncode in (0, 1), checked.stderr
+        return checked.returncode == 0
+
+    assert left_out("tests/unit/test_dashboard.py")
+    assert [p for p in static if left_out(p)] == []
+# ------------------------------------------------------------------------------ the requests queue
+
+
+def test_the_intake_trigger_reads_the_requests_queue_from_app_settings_and_settles_messages_itself():
+    binding = trigger("accept_notification_request")
+    assert LOCAL_SETTINGS[setting_name(binding["queueName"])] == "notification-requests"
+    assert binding["connection"] == trigger("dispatch_notification")["connection"]
+    # Only a function that settles its own messages can dead-letter one with a reason.
+    assert binding["autoCompleteMessages"] is False
+
+
+def host_message(body: bytes, *, message_id: str = "m-1", correlation_id: str | None = None, **properties):
+    """A request message as the Functions host hands it to an SDK-type binding: the AMQP message
+    and its lock token, decoded by the extension's own converter."""
+    amqp = uamqp.Message(
+        body=body,
+        properties=MessageProperties(message_id=message_id, correlation_id=correlation_id, content_type="application/json"),
+        application_properties=properties or None,
+    )
+    content = uuid.uuid4().bytes_le + b"x-opt-lock-token" + amqp.encode_message()
+    data = SimpleNamespace(version="1.0", source="AzureServiceBusReceivedMessage", content_type="application/octet-stream", content=content)
+    return ServiceBusConverter.decode(Datum(data, "model_binding_data"), trigger_metadata=None, pytype=ServiceBusReceivedMessage)
+
+
+class RecordingMessageActions:
+    """Stands in for ServiceBusMessageActions, which talks to the host over gRPC."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def complete(self, message) -> None:
+        self.calls.append(("complete", message.lock_token))
+
+    def deadletter(self, message, deadletter_reason=None, deadletter_error_description=None) -> None:
+        self.calls.append(("deadletter", message.lock_token, deadletter_reason, deadletter_error_description))
+
+
+def call_intake(message) -> RecordingMessageActions:
+    actions = RecordingMessageActions()
+    functions()["accept_notification_request"].get_user_function()(message, actions)
+    return actions
+
+
+def test_a_valid_request_from_the_requests_queue_is_accepted_and_its_message_completed(faked_services):
+    body = json.dumps({"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}).encode()
+    message = host_message(body, correlation_id="order-42", tenant="contoso")
+
+    actions = call_intake(message)
+
+    assert actions.calls == [("complete", message.lock_token)]
+    [notification] = faked_services.ledger.rows.values()
+    assert (notification.correlation_id, notification.caller_properties) == ("order-42", {"tenant": "contoso"})
+    assert len(faked_services.queue.sent) == 1
+
+
+def test_an_invalid_request_from_the_requests_queue_is_dead_lettered_as_validation_failed(faked_services):
+    message = host_message(json.dumps({"channel": "email", "to": ["nobody"], "subject": "Hi", "text": "x"}).encode())
+
+    actions = call_intake(message)
+
+    [(action, lock_token, reason, description)] = actions.calls
+    assert (action, lock_token, reason) == ("deadletter", message.lock_token, "ValidationFailed")
+    assert [e["field"] for e in json.loads(description)["errors"]] == ["/to/0/address"]
+    assert faked_services.ledger.rows == {} and faked_services.queue.sent == []
+
+
+def test_the_same_message_delivered_twice_by_the_host_makes_one_notification(faked_services):
+    body = json.dumps({"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}).encode()
+
+    call_intake(host_message(body, message_id="m-7"))
+    call_intake(host_message(body, message_id="m-7"))
+
+    assert len(faked_services.ledger.rows) == 1 and len(faked_services.queue.sent) == 1
+
+
+def test_a_request_whose_ledger_is_unreachable_raises_unsettled_so_the_host_delivers_it_again(faked_services):
+    class Unreachable(FakeLedger):
+        def add(self, notification):
+            raise ConnectionError("the ledger cannot be reached")
+
+    faked_services.ledger = Unreachable()
+    actions = RecordingMessageActions()
+
+    with pytest.raises(ConnectionError):
+        functions()["accept_notification_request"].get_user_function()(
+            host_message(json.dumps({"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}).encode()), actions
+        )
+    assert actions.calls == []
+
+
+def test_the_status_relay_timer_publishes_what_the_dispatcher_left_in_the_outbox(faked_services):
+    from shared.service.status_events import Destination
+    from tests.fakes import FakeStatusEventPublisher
+
+    topic = FakeStatusEventPublisher("topic")
+    faked_services.status_destinations = [Destination(topic)]
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
+
+    functions()["relay_status_events"].get_user_function()(None)
+
+    assert [(e["type"], e["subject"]) for e in topic.events] == [
+        ("Notify.notification.accepted", f"notifications/{nid}"), ("Notify.notification.sent", f"notifications/{nid}"),
+    ]
+    assert faked_services.ledger.pending_status_events(10) == []

@@ -21,6 +21,7 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
+from shared.entrypoints.local import DISPATCHER_ENV
 from tests.conftest import ROOT, SETTINGS
 # The app's registered functions: get_functions() can run once per process, and that module runs it.
 from tests.test_function_app import functions as registered_functions
@@ -280,9 +281,19 @@ def module_calling(file_name: str) -> tuple[str, dict[str, str]]:
     raise AssertionError(f"main.bicep deploys no {file_name}")
 
 
-def notifications_queue() -> tuple[BicepFile, Resource]:
-    [(file, queue)] = [(f, q) for f in bicep_files() for q in f.resources("Microsoft.ServiceBus/namespaces/queues") if "parent" in q.props]
+def service_bus_queue(setting: str) -> tuple[BicepFile, Resource]:
+    """The queue infra creates under the name the app setting ``setting`` has locally."""
+    [(file, queue)] = [
+        (f, q)
+        for f in bicep_files()
+        for q in f.resources("Microsoft.ServiceBus/namespaces/queues")
+        if "parent" in q.props and resolve(f, q.props["name"]) == LOCAL_SETTINGS[setting]
+    ]
     return file, queue
+
+
+def notifications_queue() -> tuple[BicepFile, Resource]:
+    return service_bus_queue("NOTIFICATIONS_QUEUE")
 
 
 def iso_duration(value: str) -> timedelta:
@@ -349,6 +360,7 @@ def azure_settings(monkeypatch) -> dict[str, str]:
         "ATTACHMENTS_CONTAINER_URL": "https://stnotifyprod.blob.core.windows.net/attachments",
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-notify-prod.servicebus.windows.net",
         "PII_HASH_KEY": "yJ3wq0mC4tV8pX1sN6bE9rK2fH5gL7dA0zQ3uW8iO1c=",
+        "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify-prod.westeurope-1.eventgrid.azure.net/api/events",
     }
     fields = {field.alias: field for field in Settings.model_fields.values()}
     values = {}
@@ -391,12 +403,12 @@ def test_the_reconcile_schedule_is_a_six_field_cron():
 # ------------------------------------------------------------------------------ the queue
 
 
-def test_the_service_bus_queue_is_the_queue_the_app_binds():
-    file, queue = notifications_queue()
-    assert resolve(file, queue.props["name"]) == LOCAL_SETTINGS["NOTIFICATIONS_QUEUE"]
+@pytest.mark.parametrize("setting", ["NOTIFICATIONS_QUEUE", "REQUESTS_QUEUE"])
+def test_each_service_bus_queue_is_the_queue_the_app_binds(setting):
+    file, queue = service_bus_queue(setting)
 
-    # The NOTIFICATIONS_QUEUE app setting is fed from that queue, not typed a second time.
-    app_file, expression = function_app_settings()["NOTIFICATIONS_QUEUE"]
+    # The app setting is fed from that queue, not typed a second time.
+    app_file, expression = function_app_settings()[setting]
     _, passed = module_calling(app_file.path.name)
     source = re.fullmatch(r"(\w+)\.outputs\.(\w+)", passed[expression])
     assert source, f"main.bicep should pass {expression} from the Service Bus module, got {passed[expression]!r}"
@@ -404,9 +416,11 @@ def test_the_service_bus_queue_is_the_queue_the_app_binds():
     assert file.output(source.group(2)) == f"{queue.symbol}.name"
 
 
-def test_the_queue_detects_duplicates_over_the_apps_window():
-    file, queue = notifications_queue()
+@pytest.mark.parametrize("setting", ["NOTIFICATIONS_QUEUE", "REQUESTS_QUEUE"])
+def test_each_queue_detects_duplicates_over_the_apps_window_and_dead_letters_what_expires(setting):
+    file, queue = service_bus_queue(setting)
     props = queue.nested("properties").properties()
+    assert props["deadLetteringOnMessageExpiration"] == "true"
     assert props["requiresDuplicateDetection"] == "true"
     window = iso_duration(resolve(file, props["duplicateDetectionHistoryTimeWindow"]))
     assert window == bootstrap.DUPLICATE_DETECTION_WINDOW
@@ -442,6 +456,44 @@ def test_every_role_assignment_is_named_from_its_scope_principal_and_role():
         assert scope == f"{assignment.props['scope']}.id", f"{where}: name and scope differ"
         assert principal == inner["principalId"], f"{where}: name and principal differ"
         assert role in inner["roleDefinitionId"], f"{where}: name and role differ"
+
+
+SERVICE_BUS_DATA_SENDER = "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39"
+SERVICE_BUS_DATA_RECEIVER = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
+
+
+def assignments_scoped_to(file: BicepFile, symbol: str) -> list[str]:
+    """The role definition ids (resolved through the file's vars) of the assignments on ``symbol``."""
+    roles = []
+    for assignment in file.resources("Microsoft.Authorization/roleAssignments"):
+        if assignment.props["scope"] != symbol:
+            continue
+        expression = assignment.nested("properties").properties()["roleDefinitionId"]
+        role = re.search(r",\s*([\w.]+)\s*\)$", expression).group(1)
+        if "." in role:  # roles.serviceBusDataSender: a member of the file's roles object
+            member = role.split(".", 1)[1]
+            role = re.search(rf"(?m)^\s*{member}:\s*'([^']+)'", file.text.code).group(1)
+        else:
+            role = resolve(file, role)
+        roles.append(role)
+    return roles
+
+
+def test_the_apps_listed_in_a_parameter_may_send_to_the_requests_queue_and_to_nothing_else():
+    symbol, params = module_calling("requests-queue-senders.bicep")
+    assert params["principalIds"] == "requestSenderPrincipalIds"
+    assert BicepFile.read(MAIN).declared("requestSenderPrincipalIds") == "[]"
+    assert params["requestsQueueName"] == "serviceBus.outputs.requestsQueueName"
+    file = module_file(symbol)
+    assert [a.props["scope"] for a in file.resources("Microsoft.Authorization/roleAssignments")] == ["requestsQueue"]
+    assert assignments_scoped_to(file, "requestsQueue") == [SERVICE_BUS_DATA_SENDER]
+
+
+def test_the_function_receives_from_the_requests_queue_and_does_not_send_to_it():
+    _, params = module_calling("function-roles.bicep")
+    assert params["requestsQueueName"] == "serviceBus.outputs.requestsQueueName"
+    file = BicepFile.read(INFRA / "modules" / "function-roles.bicep")
+    assert assignments_scoped_to(file, "requestsQueue") == [SERVICE_BUS_DATA_RECEIVER]
 
 
 def test_no_secret_or_key_is_written_read_or_stored_in_infra():
@@ -491,3 +543,66 @@ def test_delivery_reports_reach_the_event_grid_trigger_with_a_dead_letter_and_re
     dead_letter = subscription.nested("properties", "deadLetterWithResourceIdentity")
     assert literal(dead_letter.child("identity").properties()["type"]) == "SystemAssigned"
     assert literal(dead_letter.child("deadLetterDestination").properties()["endpointType"]) == "StorageBlob"
+
+
+def test_the_function_app_gets_the_dispatcher_environment_the_local_supervisor_gives_its_workers():
+    deployed = function_app_settings()
+    for name, value in DISPATCHER_ENV.items():
+        assert name in deployed, f"the Function App lacks {name} (see shared/entrypoints/local.py DISPATCHER_ENV)"
+        assert literal(deployed[name][1]) == value
+
+
+# ------------------------------------------------------------------------------ status events
+
+
+def status_topic() -> tuple[BicepFile, Resource]:
+    [(file, topic)] = [(f, r) for f in bicep_files() for r in f.resources("Microsoft.EventGrid/topics")]
+    return file, topic
+
+
+def test_status_events_go_to_a_cloudevents_topic_that_takes_no_keys():
+    _, topic = status_topic()
+    props = topic.nested("properties").properties()
+    assert literal(props["inputSchema"]) == "CloudEventSchemaV1_0"
+    assert props["disableLocalAuth"] == "true"
+
+
+def test_the_function_app_may_send_events_to_that_topic_and_nothing_more():
+    topic_file, topic = status_topic()
+    [(file, assignment)] = [
+        (f, r) for f, r in role_assignments() if "d5a91429-5739-47e2-a06b-3470a27159e7" in f.text.code
+        and "eventGridDataSender" in r.nested("properties").properties()["roleDefinitionId"]
+    ]
+    assert file.path.name == "function-roles.bicep"
+    assert assignment.props["scope"] == "statusEventsTopic"
+    _, passed = module_calling("function-roles.bicep")
+    assert passed["principalId"] == "functionApp.outputs.principalId"
+    symbol, _ = module_calling(topic_file.path.name)
+    assert passed["statusEventsTopicName"] == f"{symbol}.outputs.name"
+    assert topic_file.output("name") == f"{topic.symbol}.name"
+
+
+def test_the_app_publishes_to_the_topic_endpoint_infra_creates():
+    app_file, expression = function_app_settings()["STATUS_EVENTS_TOPIC_ENDPOINT"]
+    _, passed = module_calling(app_file.path.name)
+    topic_file, topic = status_topic()
+    symbol, _ = module_calling(topic_file.path.name)
+    assert passed[expression] == f"{symbol}.outputs.endpoint"
+    assert topic_file.output("endpoint") == f"{topic.symbol}.properties.endpoint"
+    assert literal(function_app_settings()["STATUS_EVENT_SUBSCRIBERS"][1]) == ""
+
+
+def test_the_status_relay_timer_fires_every_few_seconds_in_azure():
+    file, expression = function_app_settings()["STATUS_RELAY_SCHEDULE"]
+    seconds, *rest = resolve(file, expression).split()
+    assert rest == ["*"] * 5 and seconds.startswith("*/") and int(seconds[2:]) <= 10
+
+
+def test_an_example_subscription_receives_status_events_in_the_cloudevents_schema_with_a_dead_letter():
+    [(file, subscription)] = [(f, r) for f in bicep_files() for r in f.resources("Microsoft.EventGrid/topics/eventSubscriptions")]
+    props = subscription.nested("properties").properties()
+    assert literal(props["eventDeliverySchema"]) == "CloudEventSchemaV1_0"
+    delivery = subscription.nested("properties", "deliveryWithResourceIdentity")
+    assert literal(delivery.child("identity").properties()["type"]) == "SystemAssigned"
+    assert "maxDeliveryAttempts" in subscription.nested("properties", "retryPolicy").properties()
+    assert "deadLetterWithResourceIdentity" in props

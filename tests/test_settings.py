@@ -35,6 +35,10 @@ def settings_with(**changes):
         ({"ATTACHMENTS_MAX_COUNT": "-1"}, "ATTACHMENTS_MAX_COUNT"),
         ({"ATTACHMENTS_MAX_TOTAL_BYTES": "0"}, "ATTACHMENTS_MAX_TOTAL_BYTES"),
         ({"ATTACHMENTS_CONTAINER_URL": "notify.blob.core.windows.net"}, "ATTACHMENTS_CONTAINER_URL"),
+        ({"STATUS_EVENT_SUBSCRIBERS": "http://127.0.0.1:9000/hook,localhost:9001"}, "STATUS_EVENT_SUBSCRIBERS"),
+        ({"STATUS_EVENTS_TOPIC_ENDPOINT": "mytopic.westeurope-1.eventgrid.azure.net"}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
+        ({"STATUS_EVENT_TYPE_PREFIX": "Notify."}, "STATUS_EVENT_TYPE_PREFIX"),
+        ({"STATUS_RELAY_RETRY_BASE_SECONDS": "10", "STATUS_RELAY_RETRY_MAX_SECONDS": "5"}, "STATUS_RELAY_RETRY_MAX_SECONDS"),
     ],
 )
 def test_an_invalid_setting_is_refused_by_name(changes, named):
@@ -63,6 +67,7 @@ AZURE = {
     "ServiceBusConnection__fullyQualifiedNamespace": "notify.servicebus.windows.net",
     "ATTACHMENTS_CONTAINER_URL": "https://notify.blob.core.windows.net/attachments",
     "PII_HASH_KEY": "yJ3wq0mC4tV8pX1sN6bE9rK2fH5gL7dA0zQ3uW8iO1c=",
+    "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify.westeurope-1.eventgrid.azure.net/api/events",
 }
 
 
@@ -83,6 +88,8 @@ def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
         ({"ATTACHMENTS_CONTAINER_URL": "http://notify.blob.core.windows.net/attachments"}, "ATTACHMENTS_CONTAINER_URL"),
         ({"PII_HASH_KEY": None}, "PII_HASH_KEY"),
         ({"PII_HASH_KEY": "short-but-16-chars"}, "PII_HASH_KEY"),
+        ({"STATUS_EVENTS_TOPIC_ENDPOINT": None}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
+        ({"STATUS_EVENT_SUBSCRIBERS": "https://hooks.example.com/notify"}, "STATUS_EVENT_SUBSCRIBERS"),
     ],
 )
 def test_in_azure_secrets_and_local_backends_are_refused_by_name(changes, named):
@@ -101,6 +108,18 @@ def test_in_azure_bootstrap_builds_the_service_bus_queue_and_identity_clients_wi
     assert services.table_service.url.startswith("https://notify.table.core.windows.net")
     assert type(services.attachments).__name__ == "BlobAttachmentStore"
     assert services.attachments._container.url == "https://notify.blob.core.windows.net/attachments"
+    [topic] = services.status_destinations
+    assert type(topic.publisher).__name__ == "EventGridTopic"
+    assert topic.publisher._client._credential is credential
+
+
+def test_locally_each_subscriber_url_is_its_own_status_event_destination():
+    from shared.bootstrap import Services
+
+    services = Services(settings_with(STATUS_EVENT_SUBSCRIBERS=" http://127.0.0.1:9000/a , http://127.0.0.1:9001/b?code=x"))
+
+    assert [d.name for d in services.status_destinations] == ["http://127.0.0.1:9000/a", "http://127.0.0.1:9001/b"]
+    assert Services(settings_with()).status_destinations == []
 
 
 def test_attachment_limits_default_to_what_fits_acs_10_mb_email_request():

@@ -11,6 +11,7 @@ var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
 }
 
 @description('Object id of the Function App\'s system-assigned identity.')
@@ -19,8 +20,12 @@ param principalId string
 param storageAccountName string
 param serviceBusNamespaceName string
 param queueName string
+param requestsQueueName string
 param acsName string
 param appInsightsName string
+
+@description('The Event Grid custom topic the app publishes status events to.')
+param statusEventsTopicName string
 
 @description('App Insights accepts only Entra-authenticated telemetry: grant the identity Monitoring Metrics Publisher on it.')
 param appInsightsEntraAuth bool
@@ -38,12 +43,21 @@ resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
   name: queueName
 }
 
+resource requestsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
+  parent: namespace
+  name: requestsQueueName
+}
+
 resource acs 'Microsoft.Communication/communicationServices@2023-04-01' existing = {
   name: acsName
 }
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
+}
+
+resource statusEventsTopic 'Microsoft.EventGrid/topics@2022-06-15' existing = {
+  name: statusEventsTopicName
 }
 
 // --- Service Bus, scoped to the one queue.
@@ -67,6 +81,18 @@ resource queueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
+  }
+}
+
+// Receiver on the requests queue: the intake trigger peek-locks, completes and dead-letters.
+// No Sender: the app never writes to it (other apps do; see requests-queue-senders.bicep).
+resource requestsReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(requestsQueue.id, principalId, roles.serviceBusDataReceiver)
+  scope: requestsQueue
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
   }
 }
 
@@ -136,5 +162,17 @@ resource telemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01'
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+  }
+}
+
+// --- Event Grid, scoped to the status events topic: publish events, nothing else (the topic has
+// local auth disabled, so this role is the only way in).
+resource statusEventSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(statusEventsTopic.id, principalId, roles.eventGridDataSender)
+  scope: statusEventsTopic
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventGridDataSender)
   }
 }

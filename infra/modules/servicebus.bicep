@@ -1,4 +1,4 @@
-// Service Bus namespace and the dispatch queue.
+// Service Bus namespace, the dispatch queue, and the requests queue other apps send to.
 //
 // The queue's settings follow from how the app uses it (README "How sending works"):
 // - the app never retries by abandoning a message: a failed attempt schedules a clone of the
@@ -79,6 +79,39 @@ resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   }
 }
 
+// Must equal REQUESTS_QUEUE in local.settings.sample.json (tests/test_infra.py checks it).
+var requestsQueueName = 'notification-requests'
+
+// Other apps put notification requests here (README "Sending through Service Bus"). The intake
+// function settles each message itself: an invalid request is dead-lettered at once with reason
+// ValidationFailed, so redelivery here means a transient failure (the ledger or the attachment
+// store unreachable) or a crashed invocation. An abandoned message comes back at once, with no
+// backoff, so the delivery count is the only patience there is: ten deliveries, Service Bus's
+// default, ride out a blip; a longer outage leaves requests in the dead-letter queue with
+// MaxDeliveryCountExceeded, to be resubmitted as they are (idempotency makes that safe).
+resource requestsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: namespace
+  name: requestsQueueName
+  properties: {
+    // Intake is a ledger write and an enqueue, plus storing attachments (up to 7 MiB).
+    lockDuration: 'PT1M'
+    maxDeliveryCount: 10
+    // A request unread for a day means intake was down that long; it expires into the
+    // dead-letter queue rather than sending day-old mail by surprise.
+    defaultMessageTimeToLive: 'P1D'
+    deadLetteringOnMessageExpiration: true
+    // A sender that retries a send after an ambiguous failure reuses its message id, and the
+    // broker drops the copy; past the window the ledger's idempotency catches it. The window
+    // equals DUPLICATE_DETECTION_WINDOW in shared/bootstrap.py, as for the dispatch queue.
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    requiresSession: false
+    enablePartitioning: false
+    maxSizeInMegabytes: 1024
+    enableBatchedOperations: true
+  }
+}
+
 resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'to-log-analytics'
   scope: namespace
@@ -104,5 +137,6 @@ output namespaceName string = namespace.name
 // <namespace>.servicebus.windows.net (or the sovereign cloud's suffix), without scheme or port.
 output fullyQualifiedNamespace string = replace(split(namespace.properties.serviceBusEndpoint, '/')[2], ':443', '')
 output queueName string = queue.name
+output requestsQueueName string = requestsQueue.name
 output lockSeconds int = lockSeconds
 output maxDeliveryCount int = maxDeliveryCount

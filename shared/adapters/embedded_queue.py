@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     lock_token              TEXT,
     dead_lettered_at        INTEGER,
     dead_letter_reason      TEXT,
-    dead_letter_description TEXT
+    dead_letter_description TEXT,
+    correlation_id          TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_messages_active
     ON queue_messages (queue, sequence_number) WHERE dead_lettered_at IS NULL;
@@ -119,6 +120,15 @@ class EmbeddedQueue:
         self._clock: Clock = clock or SystemClock()
         self._file = SqliteFile(self.path, rows_as_mappings=True)
         self._conn().executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # A queue file made before messages carried a correlation id gains the column; under the
+        # write lock, so two processes opening the same old file do not both add it.
+        with self._transaction() as conn:
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(queue_messages)")}
+            if "correlation_id" not in columns:
+                conn.execute("ALTER TABLE queue_messages ADD COLUMN correlation_id TEXT")
 
     # ------------------------------------------------------------------ connections
 
@@ -154,11 +164,13 @@ class EmbeddedQueue:
                 # Like Service Bus, a scheduled message is enqueued when its time comes.
                 visible = max(now, message.scheduled_at) if message.scheduled_at else now
                 conn.execute(
-                    "INSERT INTO queue_messages (queue, message_id, body, properties, enqueued_at, visible_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO queue_messages"
+                    " (queue, message_id, body, properties, enqueued_at, visible_at, correlation_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         self.queue_name, message.message_id, json.dumps(message.body),
                         json.dumps(message.application_properties), _to_us(visible), _to_us(visible),
+                        message.correlation_id,
                     ),
                 )
 
@@ -226,6 +238,7 @@ class EmbeddedQueue:
                             sequence_number=row["sequence_number"],
                             lock_token=token,
                             locked_until=locked_until,
+                            correlation_id=row["correlation_id"],
                         )
                     )
         return received

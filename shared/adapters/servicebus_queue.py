@@ -112,6 +112,16 @@ def _is_shut_down(exc: ValueError) -> bool:
 # ---------------------------------------------------------------------------- conversions
 
 
+def body_bytes(message: ServiceBusReceivedMessage) -> bytes:
+    """A received message's body as bytes, whichever AMQP body type its sender used."""
+    return _body_bytes(message)
+
+
+def application_properties(message: ServiceBusReceivedMessage) -> dict[str, Any]:
+    """A received message's application properties, keys and string values decoded."""
+    return _properties(message)
+
+
 def _body_bytes(message: ServiceBusReceivedMessage) -> bytes:
     body = message.body
     if isinstance(body, bytes):
@@ -160,6 +170,7 @@ def _received(message: ServiceBusReceivedMessage, body: dict[str, Any]) -> Recei
         sequence_number=message.sequence_number,
         lock_token=str(message.lock_token),
         locked_until=message.locked_until_utc,
+        correlation_id=message.correlation_id,
     )
 
 
@@ -198,6 +209,7 @@ def _outgoing(message: OutgoingMessage) -> ServiceBusMessage:
         application_properties=dict(message.application_properties) or None,
         scheduled_enqueue_time_utc=scheduled,
         content_type=JSON_CONTENT_TYPE,
+        correlation_id=message.correlation_id,
     )
 
 
@@ -207,6 +219,7 @@ def _replay_copy(dead: ServiceBusReceivedMessage, new_message_id: str) -> Servic
         message_id=new_message_id,
         application_properties={**_properties(dead), REPLAY_OF: dead.message_id},
         content_type=dead.content_type or JSON_CONTENT_TYPE,
+        correlation_id=dead.correlation_id,
     )
 
 

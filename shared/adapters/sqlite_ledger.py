@@ -3,6 +3,9 @@
 Each notification is one row: a JSON document plus the few columns that queries filter on, so a
 lookup by id is a primary-key read and a reconciliation window is a range scan over an index on
 acceptance time, whatever the size of the history.
+
+Status events live in the ``status_outbox`` table, written in the transaction that writes the
+notification, never in its document; ``position`` keeps the order they were written in.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
 from .sqlite_file import SqliteFile
 
 _SCHEMA = """
@@ -28,6 +31,9 @@ CREATE TABLE IF NOT EXISTS notifications (
     reached_acs INTEGER NOT NULL DEFAULT 0,
     -- earliest send time among recipients still waiting for a report; NULL when none wait
     awaiting_since REAL,
+    -- set while the status is dead_lettered: when, and why (the operator's dead-letter listing)
+    dead_lettered_at REAL,
+    dead_letter_reason TEXT,
     version INTEGER NOT NULL,
     doc TEXT NOT NULL
 );
@@ -36,6 +42,14 @@ CREATE INDEX IF NOT EXISTS notifications_window_v2 ON notifications (created_at,
 CREATE INDEX IF NOT EXISTS notifications_awaiting ON notifications (awaiting_since)
     WHERE awaiting_since IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_unqueued ON notifications (created_at) WHERE queued = 0;
+CREATE INDEX IF NOT EXISTS notifications_dead ON notifications (dead_lettered_at)
+    WHERE dead_lettered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE TABLE IF NOT EXISTS message_ids (
     message_id TEXT PRIMARY KEY,
     notification_id TEXT NOT NULL
@@ -49,7 +63,16 @@ CREATE TABLE IF NOT EXISTS parked_reports (
 );
 CREATE INDEX IF NOT EXISTS parked_reports_message ON parked_reports (message_id);
 CREATE INDEX IF NOT EXISTS parked_reports_age ON parked_reports (parked_at);
+CREATE TABLE IF NOT EXISTS status_outbox (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    notification_id TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS status_outbox_owner ON status_outbox (notification_id);
 """
+
+_OUTSIDE_DOC = {"version", "pending_status_events"}
 
 
 def _ts(value: datetime) -> float:
@@ -69,7 +92,25 @@ class SqliteLedger:
         if columns and "reached_acs" not in columns:
             # A data directory from before the column existed (the local stack keeps .data/).
             db.execute("ALTER TABLE notifications ADD COLUMN reached_acs INTEGER NOT NULL DEFAULT 0")
+        if columns and "dead_lettered_at" not in columns:
+            self._add_dead_letter_columns()
         db.executescript(_SCHEMA + "DROP INDEX IF EXISTS notifications_window;")
+
+    def _add_dead_letter_columns(self) -> None:
+        """Upgrade a data directory from before the dead-letter listing, filling the columns in."""
+        with self._transaction() as tx:
+            # Under the write lock: another process may have upgraded it since we looked.
+            if "dead_lettered_at" in {row[1] for row in tx.execute("PRAGMA table_info(notifications)")}:
+                return
+            tx.execute("ALTER TABLE notifications ADD COLUMN dead_lettered_at REAL")
+            tx.execute("ALTER TABLE notifications ADD COLUMN dead_letter_reason TEXT")
+            rows = tx.execute("SELECT id, doc, version FROM notifications WHERE status = 'dead_lettered'").fetchall()
+            for nid, doc, version in rows:
+                row = self._columns(self._load(doc, version))
+                tx.execute(
+                    "UPDATE notifications SET dead_lettered_at = ?, dead_letter_reason = ? WHERE id = ?",
+                    (row["dead_lettered_at"], row["dead_letter_reason"], nid),
+                )
 
     def _connection(self) -> sqlite3.Connection:
         return self._file.connection()
@@ -82,6 +123,7 @@ class SqliteLedger:
     @staticmethod
     def _columns(n: Notification) -> dict:
         waiting = [r.updated_at for r in n.recipients if r.status is RecipientStatus.SENT and r.updated_at]
+        dead = n.dead_letter if n.status is NotificationStatus.DEAD_LETTERED else None
         return {
             "id": n.id,
             "channel": n.channel.value,
@@ -92,7 +134,9 @@ class SqliteLedger:
             "queued": 1 if n.queued_at else 0,
             "reached_acs": 1 if n.reached_acs else 0,
             "awaiting_since": _ts(min(waiting)) if waiting else None,
-            "doc": n.model_dump_json(exclude={"version"}),
+            "dead_lettered_at": _ts(dead.at) if dead else None,
+            "dead_letter_reason": dead.reason if dead else None,
+            "doc": n.model_dump_json(exclude=_OUTSIDE_DOC),
         }
 
     @staticmethod
@@ -108,6 +152,13 @@ class SqliteLedger:
             [(message_id, n.id) for message_id in n.message_ids],
         )
 
+    @staticmethod
+    def _enqueue_status_events(db: sqlite3.Connection, n: Notification) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO status_outbox (event_id, notification_id, doc) VALUES (?, ?, ?)",
+            [(e.id, n.id, e.model_dump_json()) for e in n.pending_status_events],
+        )
+
     # ------------------------------------------------------------------ Ledger port
 
     def add(self, notification: Notification) -> Notification:
@@ -116,27 +167,32 @@ class SqliteLedger:
             with self._transaction() as db:
                 db.execute(
                     "INSERT INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
-                    " queued, reached_acs, awaiting_since, version, doc) VALUES (:id, :channel, :status, :created_at,"
-                    " :updated_at, :idempotency_key, :queued, :reached_acs, :awaiting_since, 1, :doc)",
+                    " queued, reached_acs, awaiting_since, dead_lettered_at, dead_letter_reason, version, doc) VALUES (:id,"
+                    " :channel, :status, :created_at, :updated_at, :idempotency_key, :queued, :reached_acs,"
+                    " :awaiting_since, :dead_lettered_at, :dead_letter_reason, 1, :doc)",
                     row,
                 )
                 self._index_message_ids(db, notification)
+                self._enqueue_status_events(db, notification)
         except sqlite3.IntegrityError:
             existing = self._by_idempotency_key(notification.idempotency_key)
             if existing is None:
                 raise
             return existing
         notification.version = 1
+        notification.pending_status_events = []
         return notification
 
     def add_many(self, notifications: list[Notification]) -> list[Notification]:
         stored: list[Notification] = []
+        taken: list[Notification] = []
         with self._transaction() as db:
             for n in notifications:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
-                    " queued, reached_acs, awaiting_since, version, doc) VALUES (:id, :channel, :status, :created_at,"
-                    " :updated_at, :idempotency_key, :queued, :reached_acs, :awaiting_since, 1, :doc)",
+                    " queued, reached_acs, awaiting_since, dead_lettered_at, dead_letter_reason, version, doc) VALUES (:id,"
+                    " :channel, :status, :created_at, :updated_at, :idempotency_key, :queued, :reached_acs,"
+                    " :awaiting_since, :dead_lettered_at, :dead_letter_reason, 1, :doc)",
                     self._columns(n),
                 )
                 if cursor.rowcount == 0:  # the key is held (maybe by an earlier item of this list)
@@ -148,8 +204,12 @@ class SqliteLedger:
                     stored.append(self._load(*row))
                     continue
                 self._index_message_ids(db, n)
-                n.version = 1
+                self._enqueue_status_events(db, n)
+                taken.append(n)
                 stored.append(n)
+        for n in taken:  # once committed
+            n.version = 1
+            n.pending_status_events = []
         return stored
 
     def _by_idempotency_key(self, key: str | None) -> Notification | None:
@@ -177,7 +237,8 @@ class SqliteLedger:
                 row = self._columns(n) | {"version": n.version}
                 cursor = db.execute(
                     "UPDATE notifications SET status = :status, updated_at = :updated_at, queued = :queued,"
-                    " reached_acs = :reached_acs, awaiting_since = :awaiting_since, version = version + 1, doc = :doc"
+                    " reached_acs = :reached_acs, awaiting_since = :awaiting_since, dead_lettered_at = :dead_lettered_at,"
+                    " dead_letter_reason = :dead_letter_reason, version = version + 1, doc = :doc"
                     " WHERE id = :id AND version = :version",
                     row,
                 )
@@ -185,10 +246,12 @@ class SqliteLedger:
                     lost.append(n)
                     continue
                 self._index_message_ids(db, n)
+                self._enqueue_status_events(db, n)
         lost_ids = {id(n) for n in lost}
         for n in notifications:
             if id(n) not in lost_ids:
                 n.version += 1
+                n.pending_status_events = []
         return lost
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
@@ -281,9 +344,57 @@ class SqliteLedger:
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 db.execute(f"DELETE FROM message_ids WHERE notification_id IN ({marks})", chunk)
+                db.execute(f"DELETE FROM status_outbox WHERE notification_id IN ({marks})", chunk)
                 db.execute(f"DELETE FROM notifications WHERE id IN ({marks})", chunk)
             db.execute("DELETE FROM parked_reports WHERE parked_at < ?", (cutoff,))
         return len(ids)
+
+    def dead_lettered(
+        self,
+        *,
+        channel: Channel | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        sql = "SELECT doc, version FROM notifications WHERE dead_lettered_at IS NOT NULL"
+        args: list = []
+        if channel is not None:
+            sql += " AND channel = ?"
+            args.append(channel.value)
+        if reason is not None:
+            sql += " AND dead_letter_reason = ?"
+            args.append(reason)
+        if since is not None:
+            sql += " AND dead_lettered_at >= ?"
+            args.append(_ts(since))
+        sql += " ORDER BY dead_lettered_at DESC, id LIMIT ?"
+        args.append(limit)
+        return [self._load(doc, version) for doc, version in self._connection().execute(sql, args)]
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO audit (id, at, doc) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at,"
+                " doc = excluded.doc",
+                (entry.id, _ts(entry.at), entry.model_dump_json()),
+            )
+
+    def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
+        rows = self._connection().execute(
+            "SELECT doc FROM audit WHERE at >= ? ORDER BY at DESC, id LIMIT ?",
+            (_ts(since) if since else float("-inf"), limit),
+        )
+        return [AuditEntry.model_validate_json(doc) for (doc,) in rows]
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        rows = self._connection().execute("SELECT doc FROM status_outbox ORDER BY position LIMIT ?", (limit,))
+        return [StatusEvent.model_validate_json(doc) for (doc,) in rows]
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        ids = sorted({e.id for e in events})
+        with self._transaction() as db:
+            for chunk in _chunks(ids):
+                db.execute(f"DELETE FROM status_outbox WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
 
     def close(self) -> None:
         self._file.close()

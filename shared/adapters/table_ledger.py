@@ -15,6 +15,9 @@ Tables (``<prefix><name>``, created on first use):
                                                        reached_acs (the reconciliation window)
     followups       PK = "awaiting", RK = "<earliest send still waiting for a report>|<id>"
                     PK = "unqueued", RK = "<created_at>|<id>"
+                    PK = "deadletters", RK = "<dead-lettered at, newest first>|<id>": channel, reason
+    audit           PK = "audit", RK = "<time, newest first>|<id>"  operator actions
+                    PK = "outbox",   RK = "<created_at>|<id>"  (it has status events to relay)
     parked          PK = message id, RK = event id     parked_at, the report
     parkedevents    PK = event id                      -> message_id (discarding goes by event id)
 
@@ -25,7 +28,12 @@ Tables (``<prefix><name>``, created on first use):
 * ``save`` reads the entity (a few small properties), refuses when ``version`` differs, and
   replaces it conditionally on the ETag it read: a 412 means another writer came between, and
   is the same ``ConcurrencyConflict``. Each notification is its own partition, so ``save_many``
-  is one conditional write per notification (run concurrently), not one transaction.
+  is one conditional write per notification (run concurrently), not one transaction. The read is
+  skipped when this adapter read or wrote that very version recently (it remembers version, ETag
+  and index columns of the last 4,096), so a read-modify-save is one read and one write; a
+  remembered ETag that is stale is just a 412.
+* An email's ACS message id is its operation id, which is the notification id, so
+  ``find_by_message_ids`` tries a point read of the notification before the ``messageids`` index.
 * ``add`` creates the idempotency-key entity first (409: the key is taken, return its holder),
   then the notification. A key whose holder does not exist was left by an ``add`` that crashed in
   between: it is taken over with an ETag-conditional write, and an ``add`` that finds it lost
@@ -36,6 +44,16 @@ Tables (``<prefix><name>``, created on first use):
   therefore check each entry against the notification it names, skip those that no longer
   apply, and delete them once they are provably stale (the notification was written well after
   the entry, so no writer can still be about to make it true).
+* Status events wait for the relay inside the notification's document
+  (``pending_status_events``), so they are stored by the very write that stores the change; the
+  ``outbox`` follow-up entry, written ahead like the others, lets the relay find them. Removing
+  published events is a conditional write of the notification that bumps its version (a copy
+  read before cannot bring them back), and only then is the entry deleted, conditionally on the
+  ETag the relay read *before* the notification: a save that wrote the entry ahead of its own
+  write either landed before that read (its events are seen), or is refused by the relay's write
+  (its retry writes the entry again), or rewrote the entry (so the delete fails). An entry whose
+  notification has no events left is settled the same way, with a write that changes nothing but
+  the version.
 * The ``window`` entry is upserted after every successful save, so it carries the status of the
   last save (if two saves' index writes cross, or a process dies between the two writes, it lags
   until the notification's next save). ``status_counts`` reads only the hour partitions the
@@ -43,6 +61,10 @@ Tables (``<prefix><name>``, created on first use):
 * Writes that share a partition (window entries of one hour, follow-up entries, a purge's
   deletions) go in entity-group transactions of up to 100. One partition serves about 2,000
   entities a second, far above what ACS's send quotas let this service produce.
+* The dead-letter listing is newest first, and a table query returns RowKeys in ascending order,
+  so its RowKeys start with the time counted down (``_newest_first``); channel and reason are
+  properties of the entry, filtered by the service. Operator actions (``audit``) are keyed the
+  same way; they are few, so one partition holds them all.
 * Times are stored as fixed-width ISO-8601 strings in UTC (``2026-11-22T15:04:05.123456Z``), so
   lexical order is time order and RowKey ranges are time ranges.
 * ``azure.core`` HTTP errors are translated here: 409 (exists), 412 (changed) and 404 (gone)
@@ -61,10 +83,13 @@ import logging
 import re
 import threading
 import time
+import uuid
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import quote
 
@@ -73,7 +98,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 
 from ..domain.errors import ConcurrencyConflict
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, RecipientStatus, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +130,14 @@ def encode_key(value: str) -> str:
     if len(encoded) > 512:
         return "!" + hashlib.sha256(value.encode()).hexdigest()
     return encoded
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _status(error: HttpResponseError) -> int | None:
@@ -160,16 +193,17 @@ class TableStore:
     def upsert(self, name: str, entity: dict[str, Any]) -> None:
         self.table(name).upsert_entity(entity, mode=UpdateMode.REPLACE)
 
-    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> bool:
-        """Replace the entity only if it still has ``etag``; False when it changed or is gone."""
+    def replace_if(self, name: str, entity: dict[str, Any], etag: str) -> str | None:
+        """Replace the entity only if it still has ``etag`` and return its new ETag; None when it
+        changed or is gone."""
         try:
-            self.table(name).update_entity(
+            written = self.table(name).update_entity(
                 entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             )
-            return True
+            return written["etag"]
         except HttpResponseError as error:
             if _status(error) in (404, 412):
-                return False
+                return None
             raise
 
     def delete(self, name: str, pk: str, rk: str, etag: str | None = None) -> bool:
@@ -271,10 +305,13 @@ WINDOW = "window"
 FOLLOWUPS = "followups"
 PARKED = "parked"
 PARKED_EVENTS = "parkedevents"
-_TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_EVENTS)
+AUDIT = "audit"
+_TABLES = (NOTIFICATIONS, KEYS, MESSAGE_IDS, WINDOW, FOLLOWUPS, PARKED, PARKED_EVENTS, AUDIT)
 
 AWAITING = "awaiting"
 UNQUEUED = "unqueued"
+DEAD_LETTERS = "deadletters"
+OUTBOX = "outbox"
 
 # A string property holds 64 KiB of UTF-16: 32,768 code units. ASCII is one unit a character;
 # anything else is at most two.
@@ -297,6 +334,21 @@ _ADD_TRIES = 5
 def _hour(value: datetime) -> str:
     utc = value.astimezone(timezone.utc)
     return f"{utc.year:04d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}"
+
+
+_LAST_MICROSECOND = 10**19 - 1
+
+
+def _newest_first(value: datetime) -> str:
+    """A RowKey prefix that sorts later times first (fixed width, so lexical order holds)."""
+    micros = round(value.timestamp() * 1_000_000)
+    return f"{_LAST_MICROSECOND - micros:019d}"
+
+
+def _since(value: datetime) -> str:
+    """The RowKey upper bound for entries at or after ``value`` (``}`` sorts after the ``|``
+    that follows the time in every key)."""
+    return _newest_first(value) + "}"
 
 
 def _key_hash(idempotency_key: str) -> str:
@@ -340,15 +392,21 @@ class _Indexed:
     awaiting: str | None
     unqueued: bool
     message_ids: frozenset[str]
+    #: When it was dead-lettered, while its status is dead_lettered.
+    dead: str | None = None
+    outbox: bool = False
 
     @classmethod
     def of(cls, n: Notification) -> _Indexed:
         waiting = [r.updated_at for r in n.recipients if r.status is RecipientStatus.SENT and r.updated_at]
+        dead = n.dead_letter if n.status is NotificationStatus.DEAD_LETTERED else None
         return cls(
             created=to_text(n.created_at),
             awaiting=to_text(min(waiting)) if waiting else None,
             unqueued=n.queued_at is None,
             message_ids=frozenset(n.message_ids),
+            dead=to_text(dead.at) if dead else None,
+            outbox=bool(n.pending_status_events),
         )
 
     @classmethod
@@ -358,6 +416,8 @@ class _Indexed:
             awaiting=entity.get("awaiting_since") or None,
             unqueued=bool(entity["unqueued"]),
             message_ids=frozenset(json.loads(entity["message_ids"])),
+            dead=entity.get("dead_lettered_at") or None,
+            outbox=bool(entity.get("outbox")),
         )
 
     def followups(self, encoded_id: str) -> dict[str, str]:
@@ -367,10 +427,53 @@ class _Indexed:
             entries[AWAITING] = f"{self.awaiting}|{encoded_id}"
         if self.unqueued:
             entries[UNQUEUED] = f"{self.created}|{encoded_id}"
+        if self.dead:
+            entries[DEAD_LETTERS] = f"{_newest_first(from_text(self.dead))}|{encoded_id}"
+        if self.outbox:
+            entries[OUTBOX] = f"{self.created}|{encoded_id}"
         return entries
 
 
-_INDEX_COLUMNS = ["version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash"]
+_INDEX_COLUMNS = [
+    "version", "created_at", "awaiting_since", "unqueued", "message_ids", "idempotency_hash", "dead_lettered_at", "outbox",
+]
+_REMEMBERED = 4096  # notifications whose last read or write ``save`` can trust without a read
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A notification's entity as this adapter last read or wrote it."""
+
+    version: int
+    etag: str
+    indexed: _Indexed
+
+
+class _SeenEntities:
+    """The version, ETag and index columns of recently read or written notifications, so that a
+    read-modify-save costs one read and one write instead of two reads: ``save`` writes on the
+    remembered ETag, and a stale memory is a 412 like any lost race (the caller re-reads)."""
+
+    def __init__(self, size: int = _REMEMBERED) -> None:
+        self._entries: OrderedDict[str, _Seen] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def remember(self, notification_id: str, seen: _Seen) -> None:
+        with self._lock:
+            self._entries[notification_id] = seen
+            self._entries.move_to_end(notification_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def at_version(self, notification_id: str, version: int) -> _Seen | None:
+        with self._lock:
+            seen = self._entries.get(notification_id)
+        return seen if seen is not None and seen.version == version else None
+
+    def forget(self, notification_id: str) -> None:
+        with self._lock:
+            self._entries.pop(notification_id, None)
 
 
 class TableLedger:
@@ -378,6 +481,7 @@ class TableLedger:
 
     def __init__(self, service: TableServiceClient, *, prefix: str = "notify") -> None:
         self._store = TableStore(service, prefix, _TABLES)
+        self._seen = _SeenEntities()
 
     # ------------------------------------------------------------------ entities
 
@@ -392,9 +496,11 @@ class TableLedger:
             "status": n.status.value,
             "created_at": indexed.created,
             "awaiting_since": indexed.awaiting or "",
+            "dead_lettered_at": indexed.dead or "",
             "unqueued": indexed.unqueued,
             "reached_acs": n.reached_acs,
             "message_ids": json.dumps(sorted(indexed.message_ids)),
+            "outbox": indexed.outbox,
             **_pack(n.model_dump_json(exclude={"version"})),
         }
         if n.idempotency_key:
@@ -425,7 +531,10 @@ class TableLedger:
             previous = old.followups(encode_key(n.id)) if old else {}
             for partition, row in new.followups(encode_key(n.id)).items():
                 if previous.get(partition) != row:
-                    followups.append({"PartitionKey": partition, "RowKey": row, "id": n.id})
+                    entry = {"PartitionKey": partition, "RowKey": row, "id": n.id}
+                    if partition == DEAD_LETTERS and n.dead_letter is not None:
+                        entry |= {"channel": n.channel.value, "reason": n.dead_letter.reason}
+                    followups.append(entry)
             known = old.message_ids if old else frozenset()
             message_ids += [
                 {"PartitionKey": encode_key(mid), "RowKey": "", "message_id": mid, "notification_id": n.id}
@@ -503,7 +612,11 @@ class TableLedger:
 
     def get(self, notification_id: str) -> Notification | None:
         entity = self._store.get(NOTIFICATIONS, encode_key(notification_id), "")
-        return self._load(entity) if entity is not None else None
+        if entity is None:
+            return None
+        notification = self._load(entity)
+        self._seen.remember(notification.id, _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity)))
+        return notification
 
     # ------------------------------------------------------------------ optimistic writes
 
@@ -514,27 +627,36 @@ class TableLedger:
     def save_many(self, notifications: list[Notification]) -> list[Notification]:
         if not notifications:
             return []
-        current = self._store.map(
-            lambda n: self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS), notifications
-        )
+        def current(n: Notification) -> _Seen | None:
+            seen = self._seen.at_version(n.id, n.version)
+            if seen is not None:
+                return seen
+            entity = self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS)
+            if entity is None:
+                return None
+            return _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity))
+
         lost: list[Notification] = []
-        candidates: list[tuple[Notification, TableEntity]] = []
-        for n, entity in zip(notifications, current):
-            if entity is None or entity["version"] != n.version:
+        candidates: list[tuple[Notification, _Seen]] = []
+        for n, seen in zip(notifications, self._store.map(current, notifications)):
+            if seen is None or seen.version != n.version:
                 lost.append(n)
             else:
-                candidates.append((n, entity))
-        self._write_ahead([(n, _Indexed.recorded(e)) for n, e in candidates])
-        def write(candidate: tuple[Notification, TableEntity]) -> bool:
-            n, entity = candidate
-            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"])
+                candidates.append((n, seen))
+        self._write_ahead([(n, seen.indexed) for n, seen in candidates])
+
+        def write(candidate: tuple[Notification, _Seen]) -> str | None:
+            n, seen = candidate
+            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), seen.etag)
 
         written = self._store.map(write, candidates)
         saved = []
-        for (n, entity), ok in zip(candidates, written):
-            if ok:
-                saved.append((n, _Indexed.recorded(entity)))
+        for (n, seen), etag in zip(candidates, written):
+            if etag is not None:
+                saved.append((n, seen.indexed))
+                self._seen.remember(n.id, _Seen(n.version + 1, etag, _Indexed.of(n)))
             else:
+                self._seen.forget(n.id)
                 lost.append(n)
         self._write_behind(saved)
         for n, _ in saved:
@@ -546,6 +668,19 @@ class TableLedger:
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         wanted = sorted(set(message_ids))
+        # An email's message id is its operation id, which is the notification id: one point
+        # read finds the owner, where the index costs a second round trip. SMS ids (and anything
+        # not owned that way) go through the index.
+        direct = [mid for mid in wanted if _is_uuid(mid)]
+        found = {
+            mid: n
+            for mid, n in zip(direct, self._store.map(self.get, direct))
+            if n is not None and mid in n.message_ids
+        }
+        wanted = [mid for mid in wanted if mid not in found]
+        return found | self._find_through_index(wanted)
+
+    def _find_through_index(self, wanted: list[str]) -> dict[str, Notification]:
         owners = self._store.map(
             lambda mid: self._store.get(MESSAGE_IDS, encode_key(mid), "", select=["notification_id"]), wanted
         )
@@ -714,6 +849,143 @@ class TableLedger:
             return False
         written, noted = entity.metadata.get("timestamp"), entry.metadata.get("timestamp")
         return written is not None and noted is not None and written - noted > _STALE_MARGIN
+
+    # ------------------------------------------------------------------ operators
+
+    def dead_lettered(
+        self,
+        *,
+        channel: Channel | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        if limit < 1:
+            return []
+        query_filter = "PartitionKey eq @pk"
+        parameters: dict[str, Any] = {"pk": DEAD_LETTERS}
+        if since is not None:
+            query_filter += " and RowKey lt @end"
+            parameters["end"] = _since(since)
+        if channel is not None:
+            query_filter += " and channel eq @channel"
+            parameters["channel"] = channel.value
+        if reason is not None:
+            query_filter += " and reason eq @reason"
+            parameters["reason"] = reason
+        entries = self._store.query(FOLLOWUPS, query_filter, parameters, page_size=min(max(limit, 10), 1000))
+        found: dict[str, Notification] = {}
+        stale: list[TableEntity] = []
+        while len(found) < limit:
+            page = [e for _, e in zip(range(limit - len(found)), entries)]
+            if not page:
+                break
+            loaded = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), page)
+            for entry, entity in zip(page, loaded):
+                n = self._load(entity) if entity is not None else None
+                current = _Indexed.of(n).followups(encode_key(n.id)).get(DEAD_LETTERS) if n else None
+                if current == entry["RowKey"]:
+                    found.setdefault(n.id, n)
+                elif self._is_stale_dead_letter(entry, entity):
+                    stale.append(entry)
+        if stale:
+            self._store.map(
+                lambda e: self._store.delete(FOLLOWUPS, e["PartitionKey"], e["RowKey"], e.metadata["etag"]), stale
+            )
+        return list(found.values())[:limit]
+
+    @staticmethod
+    def _is_stale_dead_letter(entry: TableEntity, entity: TableEntity | None) -> bool:
+        """An entry that names a notification no longer dead-lettered at that time: stale once the
+        notification was written well after the entry, or (gone) once the entry is old."""
+        noted = entry.metadata.get("timestamp")
+        if noted is None:
+            return False
+        if entity is None:
+            return datetime.now(timezone.utc) - noted > _ORPHAN_AGE
+        written = entity.metadata.get("timestamp")
+        return written is not None and written - noted > _STALE_MARGIN
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        self._store.upsert(AUDIT, {
+            "PartitionKey": AUDIT,
+            "RowKey": f"{_newest_first(entry.at)}|{encode_key(entry.id)}",
+            "at": to_text(entry.at),
+            **_pack(entry.model_dump_json()),
+        })
+
+    def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
+        if limit < 1:
+            return []
+        query_filter, parameters = "PartitionKey eq @pk", {"pk": AUDIT}
+        if since is not None:
+            query_filter += " and RowKey lt @end"
+            parameters["end"] = _since(since)
+        rows = self._store.query(AUDIT, query_filter, parameters, page_size=min(limit, 1000))
+        return [AuditEntry.model_validate_json(_unpack(e)) for _, e in zip(range(limit), rows)]
+    # ------------------------------------------------------------------ status event outbox
+
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        if limit < 1:
+            return []
+        # Each entry names a notification with at least one event, so ``limit`` entries suffice.
+        entries = list(islice(
+            self._store.query(FOLLOWUPS, "PartitionKey eq @pk", {"pk": OUTBOX}, page_size=min(max(limit, 10), 1000)),
+            limit,
+        ))
+        entities = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), entries)
+        groups: list[list[StatusEvent]] = []
+        settled: list[tuple[TableEntity, TableEntity | None]] = []
+        for entry, entity in zip(entries, entities):
+            events = self._load(entity).pending_status_events if entity is not None else []
+            if events:
+                groups.append(sorted(events, key=lambda e: e.sequence))
+            else:
+                settled.append((entry, entity))
+        self._store.map(lambda item: self._drop_outbox_entry(*item), settled)
+        groups.sort(key=lambda g: (g[0].at, g[0].notification_id))
+        return [e for g in groups for e in g][:limit]
+
+    def _drop_outbox_entry(self, entry: TableEntity, entity: TableEntity | None) -> None:
+        """Delete an entry whose notification has no events to relay (see the module docstring)."""
+        if entity is None:
+            noted = entry.metadata.get("timestamp")
+            if noted is not None and datetime.now(timezone.utc) - noted > _ORPHAN_AGE:
+                self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+            return
+        touched = dict(entity) | {"version": entity["version"] + 1, "outbox": False}
+        if self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"]):
+            self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        published: dict[str, set[str]] = {}
+        for event in events:
+            published.setdefault(event.notification_id, set()).add(event.id)
+        self._store.map(lambda item: self._remove_published(*item), list(published.items()))
+
+    def _remove_published(self, notification_id: str, event_ids: set[str]) -> None:
+        pk = encode_key(notification_id)
+        for _ in range(_ADD_TRIES):
+            head = self._store.get(NOTIFICATIONS, pk, "", select=["created_at"])
+            if head is None:
+                return
+            # The entry before the notification: the order the module docstring relies on.
+            entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{pk}")
+            entity = self._store.get(NOTIFICATIONS, pk, "")
+            if entity is None:
+                return
+            n = self._load(entity)
+            remaining = [e for e in n.pending_status_events if e.id not in event_ids]
+            if remaining and len(remaining) == len(n.pending_status_events):
+                return  # removed already
+            n.pending_status_events = remaining
+            if not self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"]):
+                continue  # a writer came between: read again
+            if not remaining and entry is not None:
+                self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"])
+            return
+        log.warning("notification %s: published status events not removed after %d tries; they will be relayed again",
+                    notification_id, _ADD_TRIES)
 
     # ------------------------------------------------------------------ retention
 

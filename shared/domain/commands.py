@@ -31,6 +31,9 @@ class SubmitNotification:
     request_hash: str | None = None
     #: Email only. The bytes go to the attachment store; the ledger keeps their metadata.
     attachments: list[NewAttachment] = field(default_factory=list)
+    #: The caller's own reference and properties, echoed on every status event of the notification.
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class FailureRateThresholds:
     window_minutes: int
     min_sent: int
 
+    def level(self, rate: float, sent: int) -> str | None:
+        """``critical``, ``warning`` or None; too few sends to judge is None too, so a single
+        bounce in a quiet hour raises nothing."""
+        if sent < self.min_sent:
+            return None
+        return "critical" if rate >= self.critical else "warning" if rate >= self.warning else None
+
 
 @dataclass(frozen=True)
 class Reconcile:
@@ -67,3 +77,58 @@ class Reconcile:
     thresholds: FailureRateThresholds | None = None
     #: Ledger records accepted before this moment are deleted.
     purge_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an operator means: all of them when every field is empty."""
+
+    channel: Channel | None = None
+    #: A dead-letter reason, matched exactly (``MaxAttemptsExceeded``).
+    reason: str | None = None
+    #: Dead-lettered at or after this moment.
+    since: datetime | None = None
+    limit: int = 100
+
+    def describe(self) -> dict[str, Any]:
+        """For the audit trail."""
+        found: dict[str, Any] = {"limit": self.limit}
+        if self.channel is not None:
+            found["channel"] = self.channel.value
+        if self.reason is not None:
+            found["reason"] = self.reason
+        if self.since is not None:
+            found["since"] = self.since.isoformat()
+        return found
+
+
+@dataclass(frozen=True)
+class ReplayDeadLetters:
+    """Send dead letters again, chosen by ``ids`` or else by ``filter``; ``actor`` is who asks."""
+
+    actor: str
+    ids: tuple[str, ...] = ()
+    filter: DeadLetterFilter = field(default_factory=DeadLetterFilter)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PurgeDeadLetters:
+    """Give up on dead letters, chosen by ``ids`` or else by ``filter``."""
+
+    actor: str
+    ids: tuple[str, ...] = ()
+    filter: DeadLetterFilter = field(default_factory=DeadLetterFilter)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RelayStatusEvents:
+    #: CloudEvent ``type`` is ``<type_prefix>.notification.<status>``.
+    type_prefix: str = "Notify"
+    #: CloudEvent ``source``: which service (and environment) the events come from.
+    source: str = "/notify"
+    #: Events read from the outbox and published per request (Event Grid takes up to 1 MB).
+    batch_size: int = 100
+    #: A run stops after this many batches, so a timer run stays short.
+    max_batches: int = 20

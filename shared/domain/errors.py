@@ -10,6 +10,12 @@ Every failure a handler can see is one of these. Adapters translate vendor excep
     ├── ConcurrencyConflict       an optimistic write lost a race; the caller re-reads and retries
     ├── LockLost                  a queue message's peek-lock expired before it was settled
     ├── AttachmentNotFound        the attachment store holds nothing under a reference
+    ├── StatusPublishFailed       a status event destination did not take a batch: the events stay
+    │   │                         in the outbox and the relay tries again with backoff
+    │   ├── StatusPublishRejected     the destination refuses these events (400, 413): retried
+    │   │                             one by one, so one bad event cannot hold up the others
+    │   └── StatusPublishForbidden    401/403: the identity lacks EventGrid Data Sender, or the
+    │                                 endpoint is wrong; retried, and logged with what to check
     └── SendError                 ACS refused or could not be reached, or the send could not be made
         ├── TransientSendError    try again later (with backoff, honouring retry_after)
         │   ├── Throttled             429
@@ -71,6 +77,22 @@ class LockLost(NotifyError):
 
 
 class AttachmentNotFound(NotifyError):
+    pass
+
+
+class StatusPublishFailed(NotifyError):
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class StatusPublishRejected(StatusPublishFailed):
+    pass
+
+
+class StatusPublishForbidden(StatusPublishFailed):
     pass
 
 

@@ -20,9 +20,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from .errors import SendError
+from .masking import mask_recipient, mask_text
 
 
 class Channel(StrEnum):
@@ -103,6 +104,67 @@ class HistoryEntry(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class StatusEventType(StrEnum):
+    """What a status event says happened. The event type published is
+    ``<STATUS_EVENT_TYPE_PREFIX>.notification.<value>``."""
+
+    ACCEPTED = "accepted"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    OPTED_OUT = "opted_out"
+    UNCONFIRMED = "unconfirmed"
+    DEAD_LETTERED = "dead_lettered"
+    REPLAYED = "replayed"
+
+
+#: History events that are a status change of the notification as a whole.
+_NOTIFICATION_STATUS_EVENTS = {
+    "accepted": StatusEventType.ACCEPTED,
+    "dead_lettered": StatusEventType.DEAD_LETTERED,
+    "replayed": StatusEventType.REPLAYED,
+}
+# A recipient's new status as subscribers see it: quarantine and spam filtering are failures to
+# deliver (the recipient's own status is in the event too).
+_RECIPIENT_STATUS_EVENTS = {
+    "sent": StatusEventType.SENT,
+    "unconfirmed": StatusEventType.UNCONFIRMED,
+    "delivered": StatusEventType.DELIVERED,
+    "suppressed": StatusEventType.SUPPRESSED,
+    "filtered_spam": StatusEventType.FAILED,
+    "quarantined": StatusEventType.FAILED,
+    "failed": StatusEventType.FAILED,
+    "bounced": StatusEventType.BOUNCED,
+}
+_STATUS_EVENT_NAMESPACE = uuid.UUID("5d2f8c1e-7b3a-4e62-9f0d-c4a1b8e93a27")
+
+
+class StatusEvent(BaseModel):
+    """One status change, as it will be published: derived by the notification when the change
+    happens and stored by the same ledger write (the outbox), then relayed to subscribers.
+
+    ``id`` is derived from the notification, its ``sequence`` number, the status and the
+    recipient, so it is the same however often the event is relayed: subscribers drop duplicates
+    by it. ``sequence`` counts the notification's events from 1 and orders them.
+    """
+
+    id: str
+    notification_id: str
+    sequence: int
+    status: StatusEventType
+    channel: Channel
+    #: Masked (``j***@example.com``); None for an event about the notification as a whole.
+    recipient: str | None = None
+    recipient_status: str | None = None
+    notification_status: str
+    reason: str | None = None
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = Field(default_factory=dict)
+    at: datetime
+
+
 class Recipient(BaseModel):
     address: str
     kind: Literal["to", "cc", "bcc"] = "to"
@@ -125,6 +187,22 @@ class DeadLetterInfo(BaseModel):
     reason: str
     description: str
     at: datetime
+
+
+class AuditEntry(BaseModel):
+    """One operator action, kept in the ledger: who did what, with which filter, and what
+    happened to each message it touched (``outcomes``: ``{"id", "notificationId", "outcome",
+    "reason"}`` with outcome ``replayed``, ``skipped``, ``purged``, ``added`` or ``removed``)."""
+
+    id: str
+    at: datetime
+    actor: str
+    action: str
+    filter: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = False
+    #: False while the action is still running (or if it was interrupted).
+    finished: bool = True
+    outcomes: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Suppression(BaseModel):
@@ -204,6 +282,8 @@ class Notification(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The caller that submitted it; senders see only their own notifications.
     owner: str | None = None
+    correlation_id: str | None = None
+    caller_properties: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
     request_hash: str | None = None
     #: The W3C traceparent of the request that accepted it, so the spans of its delivery reports,
@@ -224,10 +304,27 @@ class Notification(BaseModel):
     outcome_unknown: bool = False
     check_before_send: bool = False
     dead_letter: DeadLetterInfo | None = None
+    #: How often an operator replayed it. Each replay starts a fresh retry budget.
+    replay_count: int = 0
+    #: ``attempts`` when the current chain started (0, or the count at the last replay). The retry
+    #: policy counts attempts from here, while ``attempts`` itself never goes back: the fencing in
+    #: ``dispatch_verdict`` and the queue message ids (``<id>:<attempt>``) rely on it only growing.
+    attempts_before_replay: int = 0
     history: list[HistoryEntry] = Field(default_factory=list)
     applied_event_ids: list[str] = Field(default_factory=list)
+    #: Status events derived since the ledger last took them into its outbox; ``add`` and
+    #: ``save`` store them with the change itself (see ``Ledger``).
+    pending_status_events: list[StatusEvent] = Field(default_factory=list)
+    #: How many status events this notification has produced: the next one's ``sequence`` - 1.
+    status_event_sequence: int = 0
     #: Optimistic-concurrency token owned by the ledger.
     version: int = 0
+    # Each recipient's status as of the last status event: a change from it is the next event.
+    _published_statuses: list[RecipientStatus] = PrivateAttr(default_factory=list)
+
+    def model_post_init(self, context: Any) -> None:
+        # A stored notification's statuses already had their events, written with them.
+        self._published_statuses = [r.status for r in self.recipients]
 
     # ---------------------------------------------------------------- creation
 
@@ -246,6 +343,8 @@ class Notification(BaseModel):
         notification_id: str | None = None,
         owner: str | None = None,
         trace_context: str | None = None,
+        correlation_id: str | None = None,
+        caller_properties: dict[str, str] | None = None,
     ) -> Notification:
         notification = cls(
             id=notification_id or str(uuid.uuid4()),
@@ -255,6 +354,8 @@ class Notification(BaseModel):
             content=content,
             metadata=metadata,
             owner=owner,
+            correlation_id=correlation_id,
+            caller_properties=dict(caller_properties or {}),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             trace_context=trace_context,
@@ -403,6 +504,56 @@ class Notification(BaseModel):
         self.dead_letter = DeadLetterInfo(reason=reason, description=description, at=at)
         self._record(at, "dead_lettered", detail={"reason": reason, "description": description})
 
+    @property
+    def attempts_in_chain(self) -> int:
+        """Attempts since the chain began (acceptance or the last replay), for the retry budget."""
+        return self.attempts - self.attempts_before_replay
+
+    def record_replay(
+        self, at: datetime, by: str, replay_count: int, *, suppressed: dict[str, str] | None = None, audit_id: str | None = None
+    ) -> list[Recipient]:
+        """An operator replays it: the recipients still to send (never one that was sent, delivered
+        or refused), after marking ``suppressed`` ones (address -> reason: suppressed or opted out
+        since) as such. Clears the dead letter and starts a fresh chain of attempts.
+
+        ``queued_at`` is cleared until the replay's queue message is enqueued: if the replay stops
+        in between, the reconciliation re-queues it (``unqueued``), so a replay recorded here can
+        never leave the notification with nobody to send it.
+        """
+        for address, reason in (suppressed or {}).items():
+            self.record_recipient_suppressed(at, address, reason)
+        to_send = self.pending_recipients()
+        previous = self.dead_letter
+        self.dead_letter = None
+        self.replay_count = replay_count
+        self.attempts_before_replay = self.attempts
+        if to_send:
+            self.queued_at = None
+            # The last attempt may have reached ACS even if it was recorded as failed (a timeout
+            # before the dead letter): the replayed email asks ACS before it sends again.
+            self.outcome_unknown = self.outcome_unknown or self.attempts > 0
+        detail: dict[str, Any] = {"by": by, "replayCount": replay_count, "recipients": len(to_send)}
+        if previous is not None:
+            detail["deadLetterReason"] = previous.reason
+        if suppressed:
+            detail["suppressed"] = len(suppressed)
+        if audit_id:
+            detail["auditId"] = audit_id
+        self._record(at, "replayed", detail=detail)
+        return to_send
+
+    def record_purged(self, at: datetime, by: str, *, audit_id: str | None = None) -> None:
+        """An operator gives up on a dead letter: its unsent recipients end ``failed`` (reason
+        ``DeadLetterPurged``), so the notification has a terminal state and leaves the dead letters."""
+        for recipient in self.pending_recipients():
+            recipient.raise_to(RecipientStatus.FAILED, at, reason="DeadLetterPurged")
+        detail: dict[str, Any] = {"by": by}
+        if self.dead_letter is not None:
+            detail["deadLetterReason"] = self.dead_letter.reason
+        if audit_id:
+            detail["auditId"] = audit_id
+        self._record(at, "purged", detail=detail)
+
     def apply_report(self, report: DeliveryReport, at: datetime) -> bool:
         """Apply one delivery report; returns False when it changed nothing (duplicate, unknown)."""
         if report.event_id in self.applied_event_ids:
@@ -452,3 +603,54 @@ class Notification(BaseModel):
     def _record(self, at: datetime, event: str, *, recipient: str | None = None, detail: dict | None = None) -> None:
         self.updated_at = at
         self.history.append(HistoryEntry(at=at, event=event, recipient=recipient, detail=detail or {}))
+        self._derive_status_events(at, event, detail or {})
+
+    # ---------------------------------------------------------------- status events
+
+    def _derive_status_events(self, at: datetime, event: str, detail: dict) -> None:
+        """Every change of the notification's or a recipient's status becomes one status event,
+        here, so whatever records the change also records its event."""
+        whole = _NOTIFICATION_STATUS_EVENTS.get(event)
+        if whole is not None:
+            reason = detail.get("reason") if whole is StatusEventType.DEAD_LETTERED else None
+            self._add_status_event(at, whole, reason=reason)
+        for index, recipient in enumerate(self.recipients):
+            before = self._published_statuses[index] if index < len(self._published_statuses) else None
+            if recipient.status == before:
+                continue
+            status = _RECIPIENT_STATUS_EVENTS.get(recipient.status.value)
+            if status is StatusEventType.SUPPRESSED and recipient.reason and OPT_OUT_REASON in recipient.reason:
+                status = StatusEventType.OPTED_OUT
+            if status is not None:  # back to pending (a replay) is no status to announce
+                self._add_status_event(at, status, recipient=(index, recipient))
+        self._published_statuses = [r.status for r in self.recipients]
+
+    def _add_status_event(
+        self, at: datetime, status: StatusEventType, *, recipient: tuple[int, Recipient] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.status_event_sequence += 1
+        sequence = self.status_event_sequence
+        index, who = recipient if recipient else (None, None)
+        if who is not None:
+            reason = who.reason
+            if reason is None and who.status.value != status.value and status is StatusEventType.FAILED:
+                reason = who.status.value
+        # The recipient's position, not its address, goes into the id: ids are published.
+        key = f"{self.id}/{sequence}/{status.value}/{'' if index is None else index}"
+        self.pending_status_events.append(
+            StatusEvent(
+                id=str(uuid.uuid5(_STATUS_EVENT_NAMESPACE, key)),
+                notification_id=self.id,
+                sequence=sequence,
+                status=status,
+                channel=self.channel,
+                recipient=mask_recipient(who.address) if who is not None else None,
+                recipient_status=who.status.value if who is not None else None,
+                notification_status=self.status.value,
+                reason=mask_text(reason) if reason else None,
+                correlation_id=self.correlation_id,
+                caller_properties=dict(self.caller_properties),
+                at=at,
+            )
+        )

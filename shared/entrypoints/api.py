@@ -21,15 +21,14 @@ from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
-from . import triggers
+from . import admin_api, dashboard, triggers
 from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
 from .eventgrid import read_events
+from .intake import MAX_IDEMPOTENCY_KEY_LENGTH, Envelope, openapi_request_schema, parse_request
 from .problems import problem
-from .schemas import openapi_request_schema, parse_notification_request
 
 log = logging.getLogger(__name__)
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_BATCH_ITEMS = 100
 
 
@@ -86,6 +85,8 @@ def notification_view(n: Notification) -> dict[str, Any]:
             for r in n.recipients
         ],
         "metadata": n.metadata,
+        "correlationId": n.correlation_id,
+        "properties": n.caller_properties,
         "deadLetter": n.dead_letter.model_dump(mode="json") if n.dead_letter else None,
         "history": [h.model_dump(mode="json", exclude_none=True) for h in n.history],
     }
@@ -149,7 +150,7 @@ def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> Sub
             key_errors.append(FieldError("/idempotencyKey", f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"))
             key = None
     try:
-        cmd = parse_notification_request(item, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=caller_id)
+        cmd = parse_request(item, settings=svc.settings, templates=svc.templates, caller=caller_id, envelope=Envelope(idempotency_key=key))
     except InvalidRequest as exc:
         raise InvalidRequest(key_errors + exc.errors, exc.detail) from None
     if key_errors:
@@ -340,19 +341,20 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         tags=["notifications"],
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_request_schema()}}},
-            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}},
+                {"name": "X-Correlation-Id", "in": "header", "required": False, "schema": {"type": "string"}},
+            ],
         },
     )
     async def submit(request: Request) -> Response:
         principal = caller(request, "sender")
         svc = get_services()
-        key = request.headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
-            raise InvalidRequest([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")])
-        body = await _json_body(request, svc.settings.max_request_bytes)
-        cmd = parse_notification_request(
-            body, settings=svc.settings, templates=svc.templates, idempotency_key=key, caller=principal.id
+        envelope = Envelope(
+            idempotency_key=request.headers.get("idempotency-key"), correlation_id=request.headers.get("x-correlation-id")
         )
+        body = await _json_body(request, svc.settings.max_request_bytes)
+        cmd = parse_request(body, settings=svc.settings, templates=svc.templates, caller=principal.id, envelope=envelope)
         notification, created = await run_in_threadpool(
             handlers.submit_notification,
             cmd,
@@ -447,4 +449,6 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             raise InvalidRequest([FieldError("from", "must be before 'to'")])
         return handlers.reconciliation_report(ledger=get_services().ledger, start=start, end=end, channel=channel)
 
+    admin_api.register(api, get_services, caller)
+    dashboard.register(api, caller, get_services)
     return api

@@ -4,8 +4,9 @@
 
 * the ACS emulator (``python -m acs_emulator``),
 * the HTTP API on 127.0.0.1:7071 (uvicorn serving the app Azure Functions serves),
-* the worker: the dispatcher consuming the embedded queue with peek-lock, plus the
-  reconciliation timer.
+* the worker: the dispatcher consuming the embedded queue with peek-lock, the intake of the
+  requests queue (what the Service Bus intake trigger does in Azure), plus the reconciliation timer
+  and the status event relay (worker-1 only, as timers fire once in Azure).
 
 Separate processes, as in Azure, so a dispatcher can be killed and restarted on its own.
 """
@@ -27,7 +28,7 @@ from urllib.parse import urlparse
 from .. import bootstrap, telemetry
 from ..domain.errors import LockLost
 from ..service.handlers import DeadLettered
-from ..service.ports import ReceivedMessage
+from ..service.ports import MessageConsumer, ReceivedMessage
 from . import triggers
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,12 @@ class Worker:
     the handler's own reason when it gives up.
     """
 
-    def __init__(self, services: bootstrap.Services, *, poll_seconds: float = 0.5, reconcile: bool = True) -> None:
+    def __init__(
+        self, services: bootstrap.Services, *, poll_seconds: float = 0.5, reconcile: bool = True, intake: bool = True
+    ) -> None:
         self.services = services
         self.reconcile = reconcile
+        self.intake = intake
         self.concurrency = services.settings.dispatch_concurrency
         self.poll_seconds = poll_seconds
         self.stopping = threading.Event()
@@ -112,14 +116,74 @@ class Worker:
             except Exception:
                 log.exception("reconciliation failed; will try again in %.0fs", interval)
 
+    def _relay_loop(self) -> None:
+        # Its own thread: a slow or failing subscriber never holds up the dispatcher.
+        interval = self.services.settings.status_relay_interval_seconds
+        while not self.stopping.wait(interval):
+            try:
+                triggers.relay_status_events()
+            except Exception:
+                log.exception("status event relay failed; will try again in %.1fs", interval)
+
     def run(self) -> None:
         if self.reconcile:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
+        if self.intake:
+            # Each poll of the embedded queue takes the file's write lock; requests are rare next
+            # to dispatches, so they are polled at a gentler pace than the dispatch queue.
+            requests = RequestIntake(self.services, self.services.requests_queue, poll_seconds=max(self.poll_seconds, 0.5))
+            threading.Thread(target=requests.run, args=(self.stopping,), name="requests", daemon=True).start()
+            threading.Thread(target=self._relay_loop, name="status-relay", daemon=True).start()
         log.info("worker consuming queue %r, %d at a time", self.services.settings.notifications_queue, self.concurrency)
         while not self.stopping.is_set():
             self.run_once()
         self._pool.shutdown(wait=True)
         log.info("worker stopped")
+
+
+class RequestIntake:
+    """Receives from the requests queue and runs the intake trigger's code, one message at a time.
+
+    Settlement mirrors the Azure function: complete once accepted, dead-letter with the reason
+    when refused (``ValidationFailed``, ``IdempotencyConflict``), abandon when it raised (a
+    transient failure: delivered again at once, until the delivery count dead-letters it).
+    """
+
+    def __init__(self, services: bootstrap.Services, queue: MessageConsumer, *, poll_seconds: float = 0.5) -> None:
+        self.services = services
+        self.queue = queue
+        self.poll_seconds = poll_seconds
+
+    def run_once(self) -> int:
+        messages = self.queue.receive(max_messages=10, max_wait=self.poll_seconds)
+        for message in messages:
+            self.handle(message)
+        return len(messages)
+
+    def handle(self, message: ReceivedMessage) -> None:
+        try:
+            try:
+                outcome = triggers.accept_request_message(triggers.request_from_queue(message), self.services)
+            except Exception:
+                log.exception("request message %s raised; abandoning it", message.message_id)
+                self.queue.abandon(message)
+                return
+            if isinstance(outcome, triggers.RequestRefused):
+                self.queue.dead_letter(message, outcome.reason, outcome.description)
+            else:
+                self.queue.complete(message)
+        except LockLost:
+            log.warning("lock on request message %s was lost before settlement; it will be redelivered", message.message_id)
+
+    def run(self, stopping: threading.Event) -> None:
+        log.info("intake consuming queue %r", self.services.settings.requests_queue)
+        while not stopping.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                # The queue file itself failed (locked, disk full): keep the worker, try again.
+                log.exception("receiving from the requests queue failed; trying again")
+                stopping.wait(1.0)
 
 
 def run_worker(reconcile: bool = True) -> None:
@@ -154,6 +218,14 @@ def _eventgrid_key() -> str:
     raise SystemExit("NOTIFY_DEV_KEYS has no eventgrid key, so the emulator could not post delivery reports")
 
 
+#: Set for dispatcher processes (the supervisor's workers here; an app setting in infra/ for the
+#: Functions host). glibc gives each thread that allocates its own malloc arena, up to 8 per core,
+#: and keeps their freed pages: with DISPATCH_CONCURRENCY send threads the dispatcher's resident
+#: memory grew 14-16 % over 50,000 sends with the default and under 1 % with two arenas
+#: (bench/memory_flat.py). glibc reads it at process start, so it cannot be set from inside.
+DISPATCHER_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
 def run_stack(
     *, api_port: int, emulator_port: int, data_dir: str | None, report_delay_ms: int | None, workers: int = 1
 ) -> int:
@@ -182,7 +254,7 @@ def run_stack(
     for index in range(1, workers + 1):
         # One reconciliation timer for the stack, as the timer trigger fires once in Azure.
         flag = "--reconcile" if index == 1 else "--no-reconcile"
-        specs[f"worker-{index}"] = ([python, "-m", "shared", "worker", flag], env)
+        specs[f"worker-{index}"] = ([python, "-m", "shared", "worker", flag], DISPATCHER_ENV | env)
     children: dict[str, subprocess.Popen] = {}
     stopping = threading.Event()
 

@@ -30,7 +30,8 @@ _TITLES = {
 _TYPES = {422: "urn:notify:problem:validation", 409: "urn:notify:problem:conflict"}
 
 
-def problem(status: int, detail: str, *, errors: list[FieldError] | None = None, **extra: Any) -> JSONResponse:
+def problem_details(status: int, detail: str, *, errors: list[FieldError] | None = None, **extra: Any) -> dict[str, Any]:
+    """The problem object itself, for answers that are not HTTP responses (a dead letter's description)."""
     body: dict[str, Any] = {
         "type": _TYPES.get(status, "about:blank"),
         "title": _TITLES.get(status, "Error"),
@@ -40,5 +41,10 @@ def problem(status: int, detail: str, *, errors: list[FieldError] | None = None,
     if errors is not None:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     body.update(extra)
+    return body
+
+
+def problem(status: int, detail: str, *, errors: list[FieldError] | None = None, **extra: Any) -> JSONResponse:
+    body = problem_details(status, detail, errors=errors, **extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from opentelemetry.trace import SpanKind
 
 from .. import bootstrap
-from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, FailureRateThresholds, Reconcile
-from ..service import handlers
+from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, Reconcile
+from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest
+from ..service import handlers, status_events
 from ..service import observability as obs
+from ..service.ports import ReceivedMessage
+from . import intake
 from .eventgrid import ParsedEvents, read_events
+from .problems import problem_details
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +118,170 @@ def run_reconciliation() -> handlers.Reconciled:
     cmd = Reconcile(
         report_deadline=now - timedelta(seconds=s.delivery_report_deadline_seconds),
         requeue_before=now - REQUEUE_AFTER,
-        thresholds=FailureRateThresholds(
-            warning=s.failure_rate_warning,
-            critical=s.failure_rate_critical,
-            window_minutes=s.failure_rate_window_minutes,
-            min_sent=s.failure_rate_min_sent,
-        ),
+        thresholds=svc.failure_rate_thresholds,
         purge_before=now - timedelta(days=s.retention_days),
     )
     return handlers.reconcile(
         cmd, ledger=svc.ledger, publisher=svc.publisher, suppressions=svc.suppressions, clock=svc.clock
+    )
+
+
+# ------------------------------------------------------------------------------ the requests queue
+
+#: The application property that plays the Idempotency-Key header's part (else the message id does).
+IDEMPOTENCY_KEY_PROPERTY = "Idempotency-Key"
+#: Properties the Azure SDKs stamp on messages for distributed tracing: theirs, not the caller's.
+_TRACING_PROPERTIES = frozenset({"diagnostic-id", "traceparent", "tracestate"})
+VALIDATION_FAILED = "ValidationFailed"
+IDEMPOTENCY_CONFLICT = "IdempotencyConflict"
+#: A dead letter's description travels in a message header; a problem with hundreds of field
+#: errors is cut to fit (``errorsOmitted`` says how many were left out).
+MAX_DESCRIPTION_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class RequestMessage:
+    """A message from the requests queue, as any queue technology delivers it."""
+
+    #: As received (bytes), or already decoded by a queue that stores JSON (the embedded queue).
+    body: bytes | str | dict[str, Any]
+    message_id: str
+    correlation_id: str | None = None
+    application_properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestAccepted:
+    notification_id: str
+    #: False when an earlier delivery (or request) with the same idempotency key created it.
+    created: bool
+
+
+@dataclass(frozen=True)
+class RequestRefused:
+    """Delivering the message again cannot help: dead-letter it with this reason and description."""
+
+    reason: str
+    description: str
+
+
+def request_owner(queue_name: str) -> str:
+    """Who owns a notification that came through the requests queue.
+
+    Service Bus does not tell the receiver which identity sent a message, and any holder of
+    *Data Sender* on the queue can set any application property, so a property naming the app
+    would be a claim, not an identity. The queue itself is the only thing we know: everything put
+    on it shares one owner, and so one idempotency-key scope and one view over HTTP (operators).
+    """
+    return f"servicebus:{queue_name}"
+
+
+def request_from_servicebus(message: Any) -> RequestMessage:
+    """A ``ServiceBusReceivedMessage`` (what the Functions SDK-type binding hands the function)."""
+    from ..adapters.servicebus_queue import application_properties, body_bytes
+
+    return RequestMessage(
+        body=body_bytes(message),
+        message_id=str(message.message_id or ""),
+        correlation_id=message.correlation_id,
+        application_properties=application_properties(message),
+    )
+
+
+def request_from_queue(message: ReceivedMessage) -> RequestMessage:
+    """A message received through the queue port (the local worker)."""
+    return RequestMessage(
+        body=message.body,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        application_properties=message.application_properties,
+    )
+
+
+def accept_request_message(message: RequestMessage, svc: bootstrap.Services | None = None) -> RequestAccepted | RequestRefused:
+    """The intake trigger: validate a queued request as the HTTP route does and submit it.
+
+    An invalid request, or a reused idempotency key with another body, is refused (to be
+    dead-lettered) and stores and queues nothing. Anything else that fails, such as the ledger or
+    the attachment store being unreachable, raises, so the message is delivered again.
+    """
+    svc = svc or bootstrap.services()
+    queue = svc.settings.requests_queue
+    attributes = {"messaging.system": "servicebus", "messaging.destination.name": queue, "messaging.operation.type": "process"}
+    # A sender whose SDK stamped W3C trace context on the message sees its trace continue here.
+    with obs.span(
+        f"{queue} process", context=obs.extract(message.application_properties), kind=SpanKind.CONSUMER, attributes=attributes
+    ):
+        return _accept_request_message(message, svc)
+
+
+def _accept_request_message(message: RequestMessage, svc: bootstrap.Services) -> RequestAccepted | RequestRefused:
+    key: Any = None
+    properties: dict[str, Any] = {}
+    for name, value in message.application_properties.items():
+        if name.lower() == IDEMPOTENCY_KEY_PROPERTY.lower():
+            key = value
+        elif name.lower() not in _TRACING_PROPERTIES:
+            properties[name] = value
+    envelope = intake.Envelope(
+        # A sender that sets neither gets no idempotency: an empty id must not become one shared key.
+        idempotency_key=key if key is not None else (message.message_id or None),
+        correlation_id=message.correlation_id,
+        properties=properties,
+        correlation_id_field="CorrelationId",
+    )
+    try:
+        body = _request_body(message.body, svc.settings.max_request_bytes)
+        cmd = intake.parse_request(
+            body,
+            settings=svc.settings,
+            templates=svc.templates,
+            caller=request_owner(svc.settings.requests_queue),
+            envelope=envelope,
+        )
+        notification, created = handlers.submit_notification(
+            cmd, ledger=svc.ledger, publisher=svc.publisher, attachments=svc.attachments, clock=svc.clock
+        )
+    except InvalidRequest as exc:
+        # Field pointers only: an error message may quote what the caller sent.
+        log.warning(
+            "request message %s refused (%s): %s", message.message_id, VALIDATION_FAILED, ", ".join(e.field for e in exc.errors)
+        )
+        return RequestRefused(VALIDATION_FAILED, _description(problem_details(422, exc.detail, errors=exc.errors)))
+    except IdempotencyConflict as exc:
+        log.warning("request message %s refused (%s): key held by %s", message.message_id, IDEMPOTENCY_CONFLICT, exc.existing_id)
+        return RequestRefused(IDEMPOTENCY_CONFLICT, _description(problem_details(409, str(exc), existingId=exc.existing_id)))
+    return RequestAccepted(notification.id, created)
+
+
+def _request_body(raw: bytes | str | dict[str, Any], limit: int) -> Any:
+    if isinstance(raw, dict):
+        return raw
+    if len(raw) > limit:
+        raise InvalidRequest([FieldError("/", f"the body is larger than {limit} bytes")])
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest([FieldError("/", f"the body is not valid JSON: {exc}")]) from None
+
+
+def _description(problem: dict[str, Any]) -> str:
+    errors = list(problem.get("errors", []))
+    text = json.dumps(problem, ensure_ascii=False, separators=(",", ":"))
+    omitted = 0
+    while len(text) > MAX_DESCRIPTION_LENGTH and errors:
+        errors.pop()
+        omitted += 1
+        text = json.dumps(problem | {"errors": errors, "errorsOmitted": omitted}, ensure_ascii=False, separators=(",", ":"))
+    return text[:MAX_DESCRIPTION_LENGTH]
+
+
+def relay_status_events() -> status_events.StatusEventsRelayed:
+    svc = bootstrap.services()
+    return status_events.relay_status_events(
+        svc.status_relay_command,
+        ledger=svc.ledger,
+        destinations=svc.status_destinations,
+        policy=svc.status_relay_policy,
+        clock=svc.clock,
     )

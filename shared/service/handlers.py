@@ -167,6 +167,8 @@ def _candidate(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: 
         idempotency_key=cmd.idempotency_key,
         request_hash=cmd.request_hash,
         owner=cmd.owner,
+        correlation_id=cmd.correlation_id,
+        caller_properties=cmd.caller_properties,
         notification_id=notification_id,
         trace_context=obs.current_traceparent(),
     )
@@ -415,7 +417,8 @@ def _dispatch(
     # Still unknown if this error leaves it open, or if an earlier unknown was not looked up.
     unknown = error.ambiguous if isinstance(error, TransientSendError) else False
     unknown = unknown or notification.check_before_send
-    decision = policy.decide(attempt, error)
+    # Counted from the start of the chain: a replayed notification gets the whole budget again.
+    decision = policy.decide(notification.attempts_in_chain, error)
     if isinstance(decision, GiveUp):
         _modify(ledger, nid, lambda n: n.mark_dead_lettered(clock.now(), decision.reason, decision.description))
         return _dead_lettered(nid, notification.channel.value, decision.reason, decision.description)
@@ -802,8 +805,9 @@ def _reconcile(
     summary.unconfirmed = len(changed)
 
     for notification in ledger.unqueued(accepted_before=cmd.requeue_before, limit=batch):
-        # On the notification's own trace: its intake was interrupted, its delivery continues it.
-        publisher.send(dispatch_message(notification.id, 1, traceparent=notification.trace_context))
+        # The next attempt: 1 for an interrupted intake, later for an interrupted replay; on the
+        # notification's own trace, which its delivery continues.
+        publisher.send(dispatch_message(notification.id, notification.attempts + 1, traceparent=notification.trace_context))
         _modify(ledger, notification.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
         summary.requeued += 1
 
@@ -838,9 +842,7 @@ def _failure_rate_alerts(ledger: Ledger, thresholds: FailureRateThresholds, now:
         sent, rate = figures["sent"], figures["failureRate"]
         if sent:
             obs.failure_rate.set(rate, {"channel": name})
-        if sent < thresholds.min_sent:
-            continue
-        level = "critical" if rate >= thresholds.critical else "warning" if rate >= thresholds.warning else None
+        level = thresholds.level(rate, sent)
         if level is None:
             continue
         alert = FailureRateAlert(Channel(name), level, rate, sent)
@@ -867,45 +869,59 @@ SENT_OR_LATER = (
 )
 
 
-def reconciliation_report(*, ledger: Ledger, start: datetime, end: datetime, channel: Channel | None) -> dict:
-    """Counts by status for notifications accepted in [start, end), per channel and in total.
+FAILURE_STATUSES = (NotificationStatus.BOUNCED, NotificationStatus.FAILED, NotificationStatus.SUPPRESSED)
+
+StatusCounts = dict[tuple[Channel, NotificationStatus, bool], int]
+
+
+def count_statuses(counts: StatusCounts, channels: list[Channel], *statuses: NotificationStatus, reached: bool | None = None) -> int:
+    """How many of ``counts`` are on one of ``channels`` with one of ``statuses`` (and reached ACS
+    or not, when ``reached`` says which)."""
+    return sum(
+        count
+        for (c, s, acs), count in counts.items()
+        if c in channels and s in statuses and (reached is None or acs is reached)
+    )
+
+
+def summarise_counts(counts: StatusCounts, channels: list[Channel]) -> dict:
+    """The reconciliation figures of ``Ledger.status_counts`` output, for the given channels.
 
     ``sent`` counts what reached ACS (whatever happened after); the failure rate is bounced +
     failed + suppressed over sent, the figure ACS judges senders by. Notifications suppressed by
     our own list before sending count in ``suppressed`` (and ``suppressedBeforeSending``) but
     neither as sent nor as failures: ACS never saw them.
     """
+
+    def total(*statuses: NotificationStatus, reached: bool | None = None) -> int:
+        return count_statuses(counts, channels, *statuses, reached=reached)
+
+    sent = total(*SENT_OR_LATER, reached=True)
+    failed_like = total(*FAILURE_STATUSES, reached=True)
+    return {
+        "accepted": total(*NotificationStatus),
+        "pending": total(NotificationStatus.ACCEPTED),
+        "sent": sent,
+        "awaitingReport": total(NotificationStatus.SENT),
+        "delivered": total(NotificationStatus.DELIVERED),
+        "bounced": total(NotificationStatus.BOUNCED),
+        "suppressed": total(NotificationStatus.SUPPRESSED),
+        "suppressedBeforeSending": total(NotificationStatus.SUPPRESSED, reached=False),
+        "failed": total(NotificationStatus.FAILED),
+        "unconfirmed": total(NotificationStatus.UNCONFIRMED),
+        "deadLettered": total(NotificationStatus.DEAD_LETTERED),
+        "failureRate": round(failed_like / sent, 4) if sent else 0.0,
+    }
+
+
+def reconciliation_report(*, ledger: Ledger, start: datetime, end: datetime, channel: Channel | None) -> dict:
+    """Counts by status for notifications accepted in [start, end), per channel and in total (see
+    ``summarise_counts``)."""
     counts = ledger.status_counts(start=start, end=end, channel=channel)
     channels = [channel] if channel else list(Channel)
-
-    def summarise(selected: list[Channel]) -> dict:
-        def total(*statuses: NotificationStatus, reached: bool | None = None) -> int:
-            return sum(
-                count
-                for (c, s, acs), count in counts.items()
-                if c in selected and s in statuses and (reached is None or acs is reached)
-            )
-
-        sent = total(*SENT_OR_LATER, reached=True)
-        failed_like = total(NotificationStatus.BOUNCED, NotificationStatus.FAILED, NotificationStatus.SUPPRESSED, reached=True)
-        return {
-            "accepted": total(*NotificationStatus),
-            "pending": total(NotificationStatus.ACCEPTED),
-            "sent": sent,
-            "awaitingReport": total(NotificationStatus.SENT),
-            "delivered": total(NotificationStatus.DELIVERED),
-            "bounced": total(NotificationStatus.BOUNCED),
-            "suppressed": total(NotificationStatus.SUPPRESSED),
-            "suppressedBeforeSending": total(NotificationStatus.SUPPRESSED, reached=False),
-            "failed": total(NotificationStatus.FAILED),
-            "unconfirmed": total(NotificationStatus.UNCONFIRMED),
-            "deadLettered": total(NotificationStatus.DEAD_LETTERED),
-            "failureRate": round(failed_like / sent, 4) if sent else 0.0,
-        }
-
     return {
         "from": start.isoformat(),
         "to": end.isoformat(),
-        "channels": {c.value: summarise([c]) for c in channels},
-        "total": summarise(channels),
+        "channels": {c.value: summarise_counts(counts, [c]) for c in channels},
+        "total": summarise_counts(counts, channels),
     }

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Protocol
 
-from ..domain.model import Channel, DeliveryReport, Notification, NotificationStatus, Suppression
+from ..domain.model import AuditEntry, Channel, DeliveryReport, Notification, NotificationStatus, StatusEvent, Suppression
 
 
 # ---------------------------------------------------------------------------- clock
@@ -29,6 +29,12 @@ class Ledger(Protocol):
 
     Writes are optimistic: ``save`` raises ``ConcurrencyConflict`` when the stored version is not
     the one that was read, and bumps ``notification.version`` when it succeeds.
+
+    The ledger is also the outbox of status events: ``add``, ``add_many``, ``save`` and
+    ``save_many`` store the notification's ``pending_status_events`` in the same write as the
+    change that produced them (a write that is refused stores none), and the relay reads them back
+    with ``pending_status_events`` until ``mark_status_events_published`` removes them. Storing an
+    event that is already in the outbox, or was published, never makes it pending again.
     """
 
     def add(self, notification: Notification) -> Notification:
@@ -84,6 +90,46 @@ class Ledger(Protocol):
     def purge(self, *, accepted_before: datetime, limit: int) -> int:
         """Delete up to ``limit`` notifications accepted before the cutoff (oldest first), with
         their message ids, and parked reports older than it; returns how many notifications."""
+
+    def dead_lettered(
+        self,
+        *,
+        channel: Channel | None = None,
+        reason: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Notification]:
+        """Notifications whose status is ``dead_lettered``, newest dead letter first: on
+        ``channel``, with dead-letter ``reason`` (exactly), dead-lettered at or after ``since``."""
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Keep an operator action. Recording an entry with the same id again replaces it (a long
+        action records itself as it goes, then once more when it is finished)."""
+
+    def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Operator actions at or after ``since``, newest first."""
+    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+        """Up to ``limit`` status events not yet published: each notification's in ``sequence``
+        order (a cut-off batch holds the first of a notification's events, never later ones),
+        notifications with older events first."""
+
+    def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
+        """Remove these events from the outbox (events already gone are ignored)."""
+
+
+# ---------------------------------------------------------------------------- status events
+
+
+class StatusEventPublisher(Protocol):
+    """One destination of status events: an Event Grid topic in Azure, a subscriber's URL on the
+    local stack. ``publish`` delivers a batch of CloudEvents 1.0 (structured JSON, as dicts) as a
+    whole, in order, or raises ``StatusPublishFailed`` and delivered none as far as the caller can
+    tell (a retry may deliver some twice: subscribers drop duplicates by ``id``)."""
+
+    #: Names the destination in logs, without credentials or query strings.
+    name: str
+
+    def publish(self, events: list[dict[str, Any]]) -> None: ...
 
 
 # ---------------------------------------------------------------------------- attachments
@@ -171,6 +217,8 @@ class OutgoingMessage:
     application_properties: dict[str, Any] = field(default_factory=dict)
     #: When set, the message becomes visible to receivers only at this time (scheduled enqueue).
     scheduled_at: datetime | None = None
+    #: The sender's reference (Service Bus ``CorrelationId``), carried through unchanged.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +231,7 @@ class ReceivedMessage:
     sequence_number: int
     lock_token: str
     locked_until: datetime
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +245,16 @@ class DeadLetteredMessage:
     reason: str
     description: str
     dead_lettered_at: datetime
+
+
+class DeadLetterQueue(Protocol):
+    """The queue's dead-letter sub-queue, for operator tools (``EmbeddedQueue``, ``ServiceBusQueue``)."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetteredMessage]:
+        """Browse without locking, oldest first."""
+
+    def remove_dead_letter(self, sequence_number: int) -> bool:
+        """Delete one dead letter; False when it is not there (or another receiver holds it)."""
 
 
 class MessagePublisher(Protocol):

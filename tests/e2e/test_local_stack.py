@@ -224,3 +224,15 @@ def test_a_batch_of_twenty_emails_all_reach_delivered(stack):
         stack.wait_for_status(nid, "delivered", timeout=60)
     sent = [m for m in stack.emulator_messages("email") if m["id"] in ids]
     assert sorted(m["id"] for m in sent) == sorted(ids)
+
+
+def test_dispatcher_processes_run_with_two_malloc_arenas_so_their_memory_stays_flat(stack):
+    # bench/memory_flat.py: +14-16 % resident memory over 50,000 sends with glibc's default
+    # arenas, under 1 % with two; the supervisor must hand the setting to every worker it starts.
+    pids = stack.worker_pids()
+    assert pids, "the stack runs no dispatcher worker"
+    for pid in pids:
+        environ = dict(
+            entry.split(b"=", 1) for entry in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in entry
+        )
+        assert environ.get(b"MALLOC_ARENA_MAX") == b"2"

@@ -31,6 +31,36 @@ def test_the_reconciliation_report_prints_as_json(tmp_path):
     assert json.loads(result.stdout)["total"]["accepted"] == 0
 
 
+def test_enqueue_puts_a_request_on_the_requests_queue_with_its_key_correlation_and_properties(tmp_path):
+    from shared.adapters.embedded_queue import EmbeddedQueue
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}))
+
+    result = cli(tmp_path, "enqueue", str(request), "--idempotency-key", "order-42", "--correlation-id", "c-9",
+                 "--property", "tenant=contoso", "--property", "note=a=b")
+
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    queue = EmbeddedQueue(tmp_path / "queue.sqlite3", "notification-requests")
+    [message] = queue.receive()
+    assert message.message_id == printed["messageId"]
+    assert message.body == {"channel": "sms", "to": ["+14255551234"], "message": "Code 1"}
+    assert message.correlation_id == "c-9"
+    assert message.application_properties == {"tenant": "contoso", "note": "a=b", "Idempotency-Key": "order-42"}
+    queue.close()
+
+
+def test_enqueue_refuses_a_file_that_is_not_json_and_queues_nothing(tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text("{not json")
+
+    result = cli(tmp_path, "enqueue", str(request))
+
+    assert result.returncode == 2
+    assert not (tmp_path / "queue.sqlite3").exists()
+
+
 def test_an_operator_gets_the_hash_telemetry_knows_a_recipient_by_whatever_its_spelling(tmp_path):
     from shared.domain.privacy import recipient_hash
 

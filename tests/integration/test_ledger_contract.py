@@ -24,6 +24,7 @@ from shared.adapters.sqlite_ledger import SqliteLedger
 from shared.adapters.table_ledger import TableLedger
 from shared.domain.errors import ConcurrencyConflict
 from shared.domain.model import (
+    AuditEntry,
     Channel,
     DeliveryReport,
     Notification,
@@ -651,3 +652,128 @@ def test_add_many_adds_in_order_and_a_key_used_twice_returns_the_first_holder(le
     assert [n.id for n in stored] == [first.id, first.id, other.id]
     assert all(n.version == 1 for n in stored)
     assert ledger.get(first.id) is not None and ledger.get(repeat.id) is None and ledger.get(other.id) is not None
+
+
+# ---------------------------------------------------------------------------- dead letters
+
+
+def dead(notification: Notification, when: datetime, reason: str = "MaxAttemptsExceeded") -> Notification:
+    notification.mark_dead_lettered(when, reason, f"{reason}: last error HTTP 500")
+    return notification
+
+
+def test_dead_lettered_notifications_are_listed_newest_first(ledger):
+    older, newer, alive = ledger.add(email()), ledger.add(sms()), ledger.add(email())
+    ledger.save_many([dead(older, at(1)), dead(newer, at(2))])
+
+    listed = ledger.dead_lettered()
+
+    assert [n.id for n in listed] == [newer.id, older.id]
+    assert alive.id not in ids(listed)
+    assert listed[0].dead_letter.reason == "MaxAttemptsExceeded"
+    assert listed[0] == newer
+
+
+def test_the_dead_letter_listing_filters_by_channel_reason_and_time_and_stops_at_the_limit(ledger):
+    first = ledger.add(email())
+    second = ledger.add(sms())
+    third = ledger.add(email())
+    fourth = ledger.add(email())
+    ledger.save_many([
+        dead(first, at(1)),
+        dead(second, at(2)),
+        dead(third, at(3), reason="SenderNotAllowed"),
+        dead(fourth, at(4)),
+    ])
+
+    assert ids(ledger.dead_lettered(channel=Channel.SMS)) == {second.id}
+    assert ids(ledger.dead_lettered(reason="SenderNotAllowed")) == {third.id}
+    assert [n.id for n in ledger.dead_lettered(channel=Channel.EMAIL, reason="MaxAttemptsExceeded")] == [fourth.id, first.id]
+    assert [n.id for n in ledger.dead_lettered(since=at(2))] == [fourth.id, third.id, second.id]
+    assert [n.id for n in ledger.dead_lettered(limit=2)] == [fourth.id, third.id]
+    assert ledger.dead_lettered(since=at(5)) == []
+
+
+def test_a_replayed_notification_leaves_the_dead_letter_listing_and_a_second_dead_letter_brings_it_back(ledger):
+    notification = ledger.add(email())
+    ledger.save(dead(notification, at(1)))
+    assert ids(ledger.dead_lettered()) == {notification.id}
+
+    notification.record_replay(at(2), "cli:ops", 1)
+    ledger.save(notification)
+    assert ledger.dead_lettered() == []
+
+    ledger.save(dead(notification, at(3), reason="RequestRejected"))
+    listed = ledger.dead_lettered()
+    assert [n.id for n in listed] == [notification.id]
+    assert listed[0].dead_letter.reason == "RequestRejected"
+    assert ledger.dead_lettered(since=at(2), reason="MaxAttemptsExceeded") == []
+
+
+def test_a_purged_dead_letter_is_no_longer_listed(ledger):
+    notification = ledger.add(email())
+    ledger.save(dead(notification, at(1)))
+
+    notification.record_purged(at(2), "cli:ops")
+    ledger.save(notification)
+
+    assert ledger.dead_lettered() == []
+    assert ledger.get(notification.id).status is NotificationStatus.FAILED
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+def audit_entry(when: datetime, action: str = "replay", **fields) -> AuditEntry:
+    return AuditEntry(id=f"audit-{uuid.uuid4()}", at=when, actor="cli:ops", action=action, **fields)
+
+
+def test_audit_entries_read_back_newest_first_with_their_outcomes(ledger):
+    first = audit_entry(at(1), filter={"channel": "email"}, outcomes=[{"id": "n-1", "outcome": "replayed"}])
+    second = audit_entry(at(2), action="purge", outcomes=[{"id": "q-7", "outcome": "purged"}])
+    ledger.record_audit(first)
+    ledger.record_audit(second)
+
+    entries = ledger.audit_entries()
+
+    assert entries == [second, first]
+    assert ledger.audit_entries(since=at(2)) == [second]
+    assert ledger.audit_entries(limit=1) == [second]
+
+
+def test_recording_an_audit_entry_again_replaces_it(ledger):
+    entry = audit_entry(at(1), finished=False, outcomes=[{"id": "n-1", "outcome": "replayed"}])
+    ledger.record_audit(entry)
+
+    finished = entry.model_copy(update={"finished": True, "outcomes": entry.outcomes + [{"id": "n-2", "outcome": "skipped"}]})
+    ledger.record_audit(finished)
+
+    assert ledger.audit_entries() == [finished]
+
+
+def test_an_audit_entry_for_a_large_replay_fits(ledger):
+    outcomes = [{"id": str(uuid.uuid4()), "notificationId": str(uuid.uuid4()), "outcome": "replayed"} for _ in range(3000)]
+    entry = audit_entry(at(1), outcomes=outcomes)
+
+    ledger.record_audit(entry)
+
+    assert ledger.audit_entries()[0].outcomes == outcomes
+
+
+def test_a_sqlite_ledger_from_before_the_dead_letter_listing_lists_its_dead_letters_after_the_upgrade(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite3"
+    old = SqliteLedger(path)
+    notification = old.add(email())
+    old.save(dead(notification, at(1)))
+    old.close()
+    with sqlite3.connect(path) as db:  # the schema as it was before the columns existed
+        db.execute("DROP INDEX notifications_dead")
+        db.execute("ALTER TABLE notifications DROP COLUMN dead_lettered_at")
+        db.execute("ALTER TABLE notifications DROP COLUMN dead_letter_reason")
+
+    upgraded = SqliteLedger(path)
+
+    assert [n.id for n in upgraded.dead_lettered(reason="MaxAttemptsExceeded", since=at(1))] == [notification.id]
+    upgraded.close()

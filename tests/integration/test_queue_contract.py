@@ -171,6 +171,41 @@ def test_a_sent_message_is_received_with_its_body_and_properties_and_gone_once_c
     assert queue.active_count() == 0
 
 
+def test_a_messages_correlation_id_travels_with_it_and_is_none_when_not_set(queue_factory):
+    queue = queue_factory()
+    queue.send(message(1, correlation_id="order-42"))
+    queue.send(message(2))
+
+    first, second = queue.receive(max_messages=2, max_wait=1)
+
+    assert (first.correlation_id, second.correlation_id) == ("order-42", None)
+
+
+def test_a_queue_file_from_before_correlation_ids_is_opened_and_keeps_its_messages(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old_schema = """CREATE TABLE queue_messages (
+        sequence_number INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, message_id TEXT NOT NULL,
+        body TEXT NOT NULL, properties TEXT NOT NULL, enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+        delivery_count INTEGER NOT NULL DEFAULT 0, lock_token TEXT, dead_lettered_at INTEGER,
+        dead_letter_reason TEXT, dead_letter_description TEXT)"""
+    with sqlite3.connect(path) as conn:
+        conn.execute(old_schema)
+        conn.execute(
+            "INSERT INTO queue_messages (queue, message_id, body, properties, enqueued_at, visible_at)"
+            " VALUES ('notifications', 'old-1', '{\"n\": 1}', '{}', 0, 0)"
+        )
+    conn.close()
+
+    queue = EmbeddedQueue(path, "notifications")
+    queue.send(message(2, correlation_id="c-2"))
+
+    received = queue.receive(max_messages=2)
+    assert [(m.body["n"], m.correlation_id) for m in received] == [(1, None), (2, "c-2")]
+    queue.close()
+
+
 def test_messages_sent_together_are_all_received_in_order(queue_factory):
     queue = queue_factory()
     queue.send_many([message(n) for n in range(4)])

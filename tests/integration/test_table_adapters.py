@@ -271,6 +271,49 @@ def test_a_save_that_lost_its_race_leaves_nothing_a_reader_believes(ledger):
     assert ledger.awaiting_reports(sent_before=at(30), limit=10) == []
 
 
+def test_applying_an_email_report_costs_one_read_and_one_write_of_the_notification(ledger, tables):
+    # Given an email sent with its operation id, which ACS reports as its message id
+    _, prefix, requests_made = tables
+    notification = ledger.add(email(to=("ann@example.com",), cc=()))
+    notification = ledger.get(notification.id)
+    notification.record_all_sent(at(1), notification.id)
+    ledger.save(notification)
+    requests_made.clear()
+
+    # When its delivery report is applied the way the report handler does it
+    found = ledger.find_by_message_ids([notification.id])
+    owner = found[notification.id]
+    owner.apply_report(report(notification.id), at(2))
+    assert ledger.save_many([owner]) == []
+
+    # Then the notification was read once and written once, and the index was not consulted
+    notifications = f"/{prefix}notifications("
+    assert [m for m, url in requests_made if notifications in url] == ["GET", "PUT"]
+    assert not [url for _, url in requests_made if f"/{prefix}messageids" in url]
+    assert ledger.get(notification.id).recipients[0].status.value == "delivered"
+
+
+def test_a_save_from_a_copy_another_instance_has_since_changed_is_a_lost_race(tables):
+    service, prefix, _ = tables
+    first, second = TableLedger(service, prefix=prefix), TableLedger(service, prefix=prefix)
+    try:
+        notification = first.add(sms(to=("+15550000001",)))
+        stale = first.get(notification.id)
+        second.save(sent(second.get(notification.id), at(10), prefix="second"))
+
+        with pytest.raises(ConcurrencyConflict):
+            first.save(sent(stale, at(20), prefix="first"))
+
+        fresh = first.get(notification.id)
+        assert fresh.message_ids == {"second-sms-0"}
+        fresh.apply_report(report("second-sms-0", channel=Channel.SMS), at(11))
+        first.save(fresh)
+        assert second.get(notification.id).recipients[0].status.value == "delivered"
+    finally:
+        first.close()
+        second.close()
+
+
 # ---------------------------------------------------------------------------- tables and quotas
 
 

@@ -57,6 +57,7 @@ class Stored:
     locked_until: datetime | None = None
     dead_letter_reason: str | None = None
     dead_letter_error_description: str | None = None
+    correlation_id: str | None = None
 
 
 class FakeReceivedMessage:
@@ -68,6 +69,7 @@ class FakeReceivedMessage:
         self.sequence_number = stored.sequence_number
         self.enqueued_time_utc = stored.enqueued_time_utc
         self.content_type = stored.content_type
+        self.correlation_id = stored.correlation_id
         self.dead_letter_reason = stored.dead_letter_reason
         self.dead_letter_error_description = stored.dead_letter_error_description
         # AMQP's delivery count: earlier deliveries for a received message, all of them when peeked.
@@ -114,6 +116,7 @@ class FakeSender:
                     sequence_number=self.bus.next_sequence,
                     enqueued_time_utc=now(),
                     visible_at=message.scheduled_enqueue_time_utc or now(),
+                    correlation_id=message.correlation_id,
                 )
             )
             self.bus.changed.notify_all()
@@ -355,6 +358,15 @@ def test_a_received_message_maps_body_ids_properties_counts_and_times(bus, queue
     assert received.lock_token == str(stored.lock_token)
     assert received.locked_until == stored.locked_until
     assert received.enqueued_at >= before
+
+
+def test_a_correlation_id_is_sent_as_the_messages_and_read_back_from_it(bus, queue):
+    queue.send(message(1, correlation_id="order-42"))
+
+    [received] = queue.receive()
+
+    assert bus.sent[0].correlation_id == "order-42"
+    assert received.correlation_id == "order-42"
 
 
 def test_a_redelivered_message_counts_every_delivery(bus, queue):
@@ -608,3 +620,34 @@ def test_close_closes_the_sender_and_receivers_but_not_the_client(bus, queue):
     assert all(s.closed for s in bus.senders) and all(r.closed for r in bus.receivers)
     assert len(bus.receivers) == 2
     assert not bus.closed
+
+
+# ---------------------------------------------------------------------------- operators over Service Bus
+
+
+def test_an_operator_replays_a_crash_loop_from_the_service_bus_dead_letter_queue_with_a_new_message_id(bus, queue):
+    from shared.domain.commands import DeadLetterFilter, ReplayDeadLetters
+    from shared.service import operator
+    from tests.fakes import FakeClock, FakeSuppressionList
+    from tests.unit.builders import World, email_command
+
+    world = World()
+    notification, _ = world.submit(email_command())
+    stored = bus.dead_letter_stored(1, "MaxDeliveryCountExceeded", "Message could not be consumed after 10 delivery attempts.")
+    stored.body = json.dumps({"notificationId": notification.id, "attempt": 1}).encode()
+    stored.message_id = f"{notification.id}:1"
+
+    [listed] = operator.list_dead_letters(DeadLetterFilter(), ledger=world.ledger, dead_letters=queue)
+    result = operator.replay_dead_letters(
+        ReplayDeadLetters(actor="cli:ops", ids=(listed.id,)),
+        ledger=world.ledger, dead_letters=queue, publisher=queue, suppressions=FakeSuppressionList(), clock=FakeClock(),
+    )
+
+    assert listed.id == f"q-{stored.sequence_number}" and listed.source == "queue"
+    assert listed.reason == "MaxDeliveryCountExceeded" and listed.notification_id == notification.id
+    assert result.counts() == {"replayed": 1}
+    [copy] = bus.sent
+    assert copy.message_id == f"{notification.id}:1:replay-1" != stored.message_id
+    assert json.loads(b"".join(copy.body)) == {"notificationId": notification.id, "attempt": 1, "replayCount": 1}
+    assert calls(bus, "send", "complete")[-2:] == [("send", copy.message_id), ("complete", "dlq", stored.sequence_number)]
+    assert bus.dead == []
