@@ -21,6 +21,8 @@ import hashlib
 import hmac
 import re
 
+from .masking import mask_recipient
+
 #: Used when PII_HASH_KEY is not set, which only the local stack and tests allow (Azure refuses it).
 DEV_PII_HASH_KEY = "local-development-pii-hash-key"
 
@@ -54,19 +56,18 @@ def recipient_domain(address: str) -> str | None:
 
 
 def mask(address: str) -> str:
-    """``jane@example.com`` -> ``j***@example.com``; ``+14255550123`` -> ``+1******0123``."""
-    address = address.strip()
-    if "@" in address:
-        local, _, domain = address.rpartition("@")
-        return f"{local[:1]}***@{domain}"
-    digits = re.sub(r"\D", "", address)
-    if len(digits) < 6:
-        return "***"
-    return f"+{digits[:1]}{'*' * (len(digits) - 5)}{digits[-4:]}"
+    """``jane@example.com`` -> ``j***@example.com``; ``+1 (425) 555-0123`` -> ``+1******0123``: the
+    status events' mask (``masking.mask_recipient``) of the recipient's one spelling."""
+    return mask_recipient(normalise(address))
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every email address and phone number in it masked."""
+    """``text`` with every email address and phone number in it masked.
+
+    Stricter about numbers than ``masking.mask_text`` (which masks the short, known texts of a
+    status event): log lines are full of timestamps, ids and counts, which any digit run of eight
+    or more would mangle, so only numbers written as phone numbers are masked here.
+    """
     if not text:
         return text
     text = _EMAIL.sub(lambda m: mask(m.group(0)), text)
