@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -307,6 +308,30 @@ class DeadLettered:
 DispatchOutcome = Completed | Rescheduled | DeadLettered
 
 
+def _dispatch_span(handler: Callable[..., DispatchOutcome]) -> Callable[..., DispatchOutcome]:
+    """Runs ``dispatch`` in its span, with its outcome on it, and its log lines about its notification."""
+
+    @functools.wraps(handler)
+    def traced(cmd: DispatchNotification, **ports) -> DispatchOutcome:
+        attributes = {"notify.notification.id": cmd.notification_id, "notify.attempt": cmd.attempt}
+        with obs.about(cmd.notification_id), obs.span("notify.dispatch", attributes=attributes) as span:
+            outcome = handler(cmd, **ports)
+            span.set_attribute("notify.dispatch.outcome", type(outcome).__name__)
+            return outcome
+
+    return traced
+
+
+def _dead_lettered(nid: str, channel: str, reason: str, description: str) -> DeadLettered:
+    obs.dead_lettered.add(1, {"channel": channel, "reason": reason})
+    log.warning(
+        "notification %s dead-lettered: %s", nid, reason,
+        extra={"event": "notify.dead_lettered", "channel": channel, "reason": reason, "description": redact_text(description)},
+    )
+    return DeadLettered(reason, description)
+
+
+@_dispatch_span
 def dispatch(
     cmd: DispatchNotification,
     *,
@@ -323,48 +348,6 @@ def dispatch(
 ) -> DispatchOutcome:
     """Make one send attempt. Safe to run for any message, any number of times, from any number of
     workers: the ledger decides whether this message may send at all (``dispatch_verdict``)."""
-    attributes = {"notify.notification.id": cmd.notification_id, "notify.attempt": cmd.attempt}
-    with obs.about(cmd.notification_id), obs.span("notify.dispatch", attributes=attributes) as span:
-        outcome = _dispatch(
-            cmd,
-            ledger=ledger,
-            email_sender=email_sender,
-            sms_sender=sms_sender,
-            publisher=publisher,
-            attachments=attachments,
-            suppressions=suppressions,
-            rate_limiter=rate_limiter,
-            policy=policy,
-            clock=clock,
-            lease=lease,
-        )
-        span.set_attribute("notify.dispatch.outcome", type(outcome).__name__)
-        return outcome
-
-
-def _dead_lettered(nid: str, channel: str, reason: str, description: str) -> DeadLettered:
-    obs.dead_lettered.add(1, {"channel": channel, "reason": reason})
-    log.warning(
-        "notification %s dead-lettered: %s", nid, reason,
-        extra={"event": "notify.dead_lettered", "channel": channel, "reason": reason, "description": redact_text(description)},
-    )
-    return DeadLettered(reason, description)
-
-
-def _dispatch(
-    cmd: DispatchNotification,
-    *,
-    ledger: Ledger,
-    email_sender: EmailSender,
-    sms_sender: SmsSender,
-    publisher: MessagePublisher,
-    attachments: AttachmentStore,
-    suppressions: SuppressionList,
-    rate_limiter: RateLimiter,
-    policy: RetryPolicy,
-    clock: Clock,
-    lease: timedelta,
-) -> DispatchOutcome:
     nid = cmd.notification_id
     current = ledger.get(nid)
     if current is None:

@@ -41,6 +41,12 @@ def accept_and_dispatch(client, faked_services) -> str:
     return response.json()["id"]
 
 
+def submit(services) -> None:
+    handlers.submit_notification(
+        email_command(), ledger=services.ledger, publisher=services.queue, attachments=services.attachments, clock=services.clock
+    )
+
+
 def ancestors(span, spans) -> list[str]:
     by_id = {s.context.span_id: s for s in spans}
     names = []
@@ -88,13 +94,7 @@ def test_one_trace_follows_an_email_from_the_request_through_the_queue_hop_to_th
 
 def test_a_retry_message_carries_the_trace_so_every_attempt_joins_it(faked_services, telemetry):
     faked_services.email_sender.failures.append(ServiceUnavailable("ACS is having a moment"))
-    n, _ = handlers.submit_notification(
-        email_command(),
-        ledger=faked_services.ledger,
-        publisher=faked_services.queue,
-        attachments=faked_services.attachments,
-        clock=faked_services.clock,
-    )
+    submit(faked_services)
     [first] = faked_services.queue.sent
 
     outcome = triggers.dispatch_queue_message(json.dumps(first.body), first.application_properties)
@@ -220,13 +220,7 @@ def test_a_dead_letter_is_counted_with_its_reason(telemetry):
 
 
 def test_queue_age_is_how_long_the_message_waited_before_the_dispatcher_took_it(faked_services, telemetry):
-    n, _ = handlers.submit_notification(
-        email_command(),
-        ledger=faked_services.ledger,
-        publisher=faked_services.queue,
-        attachments=faked_services.attachments,
-        clock=faked_services.clock,
-    )
+    submit(faked_services)
     [message] = faked_services.queue.sent
     enqueued = faked_services.clock.now()
     faked_services.clock.advance(7)
