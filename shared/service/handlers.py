@@ -195,6 +195,7 @@ def _record(cmd: SubmitNotification, *, ledger: Ledger, attachments: AttachmentS
     return stored, _settle(cmd, candidate, stored, attachments)
 
 
+@obs.in_span("notify.submit_batch", lambda cmds: {"notify.batch.size": len(cmds)})
 def submit_notifications(
     cmds: list[SubmitNotification],
     *,
@@ -213,18 +214,6 @@ def submit_notifications(
     (``send_many``) and one for the marks (``save_many``). If the ledger or the queue fails, the
     error is raised; what was recorded but not queued is re-queued by the reconciliation.
     """
-    with obs.span("notify.submit_batch", attributes={"notify.batch.size": len(cmds)}):
-        return _submit_notifications(cmds, ledger=ledger, publisher=publisher, attachments=attachments, clock=clock)
-
-
-def _submit_notifications(
-    cmds: list[SubmitNotification],
-    *,
-    ledger: Ledger,
-    publisher: MessagePublisher,
-    attachments: AttachmentStore,
-    clock: Clock,
-) -> list[tuple[Notification, bool] | IdempotencyConflict | AttachmentStoreUnavailable]:
     prepared: list[Notification | AttachmentStoreUnavailable] = []
     for cmd in cmds:
         try:
@@ -758,6 +747,7 @@ class Reconciled:
     alerts: list[FailureRateAlert] = field(default_factory=list)
 
 
+@obs.in_span("notify.reconcile")
 def reconcile(
     cmd: Reconcile,
     *,
@@ -766,19 +756,6 @@ def reconcile(
     suppressions: SuppressionList,
     clock: Clock,
     batch: int = 500,
-) -> Reconciled:
-    with obs.span("notify.reconcile"):
-        return _reconcile(cmd, ledger=ledger, publisher=publisher, suppressions=suppressions, clock=clock, batch=batch)
-
-
-def _reconcile(
-    cmd: Reconcile,
-    *,
-    ledger: Ledger,
-    publisher: MessagePublisher,
-    suppressions: SuppressionList,
-    clock: Clock,
-    batch: int,
 ) -> Reconciled:
     summary = Reconciled()
     stale = ledger.awaiting_reports(sent_before=cmd.report_deadline, limit=batch)

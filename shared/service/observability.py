@@ -15,9 +15,10 @@ domains, see ``shared.domain.privacy``), a body never; error text goes through `
 from __future__ import annotations
 
 import contextvars
+import functools
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
@@ -32,6 +33,7 @@ meter = metrics.get_meter("notify.service")
 current_notification: contextvars.ContextVar[str | None] = contextvars.ContextVar("notification_id", default=None)
 
 _pii_key = DEV_PII_HASH_KEY
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def use_pii_hash_key(key: str) -> None:
@@ -154,6 +156,20 @@ def span(name: str, **options: Any) -> Iterator[Span]:
         except Exception as exc:
             failed(current, exc)
             raise
+
+
+def in_span(name: str, attributes: Callable[[Any], dict[str, Any]] | None = None) -> Callable[[F], F]:
+    """A handler that runs in a span of its own (``attributes`` computed from its command)."""
+
+    def wrap(handler: F) -> F:
+        @functools.wraps(handler)
+        def traced(cmd: Any, **ports: Any) -> Any:
+            with span(name, attributes=attributes(cmd) if attributes else None):
+                return handler(cmd, **ports)
+
+        return traced  # type: ignore[return-value]
+
+    return wrap
 
 
 def failed(span: Span, error: BaseException) -> None:
