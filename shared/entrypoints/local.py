@@ -204,7 +204,9 @@ def run_api(host: str, port: int) -> None:
     from .api import create_api
 
     bootstrap.services()  # fail fast on bad settings, before listening
-    uvicorn.run(create_api(), host=host, port=port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn's own loggers propagate to the root handlers, so its lines (an
+    # unhandled error's traceback among them) get the ids and the recipient masking like ours.
+    uvicorn.run(create_api(), host=host, port=port, log_level="warning", access_log=False, log_config=None)
 
 
 # ------------------------------------------------------------------------------ the whole stack
