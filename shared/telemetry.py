@@ -29,12 +29,11 @@ from opentelemetry import metrics, trace
 from .domain.privacy import redact_text
 from .service import observability
 
-log = logging.getLogger(__name__)
-
 SERVICE_NAME = "notification-service"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [notification=%(notification_id)s trace=%(trace_id)s] %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(notification_id)s %(trace_id)s %(span_id)s"
-#: Span name prefix of the console exporter's lines, so a reader can tell spans from log lines.
+#: Each console line is one JSON object under one of these keys, so a reader tells spans and
+#: metrics from log lines.
 CONSOLE_SPAN_KEY = "otel.span"
 CONSOLE_METRICS_KEY = "otel.metrics"
 
@@ -111,13 +110,11 @@ def _formatter(log_format: str) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
-def configure_logging(log_format: str = "text", level: int | None = None) -> None:
+def configure_logging(log_format: str = "text") -> None:
     """Format every root handler (adding a stderr one when there is none) and give it the filter."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
-    if level is not None:
-        root.setLevel(level)
     context = LogContext()
     for handler in root.handlers:
         if not any(isinstance(f, LogContext) for f in handler.filters):
