@@ -6,7 +6,6 @@ import json
 import re
 import uuid
 
-import httpx
 import pytest
 
 from shared.domain.privacy import DEV_PII_HASH_KEY, recipient_hash
