@@ -286,6 +286,7 @@ module alerts 'modules/alerts.bicep' = {
     workspaceId: monitoring.outputs.workspaceId
     serviceBusNamespaceId: serviceBus.outputs.namespaceId
     queueName: serviceBus.outputs.queueName
+    requestsQueueName: serviceBus.outputs.requestsQueueName
   }
 }
 

@@ -606,3 +606,14 @@ def test_an_example_subscription_receives_status_events_in_the_cloudevents_schem
     assert literal(delivery.child("identity").properties()["type"]) == "SystemAssigned"
     assert "maxDeliveryAttempts" in subscription.nested("properties", "retryPolicy").properties()
     assert "deadLetterWithResourceIdentity" in props
+
+
+def test_dead_letters_on_the_requests_queue_alert_the_operators():
+    symbol, params = module_calling("alerts.bicep")
+    assert params["requestsQueueName"] == "serviceBus.outputs.requestsQueueName"
+    watched = []
+    for alert in module_file(symbol).resources("Microsoft.Insights/metricAlerts"):
+        for criterion in alert.nested("properties", "criteria", "allOf").items():
+            if literal(criterion.properties()["metricName"]) == "DeadletteredMessages":
+                watched += re.findall(r"\b(\w+)\b", criterion.child("dimensions").code.split("values")[1])
+    assert "requestsQueueName" in watched and "queueName" in watched

@@ -19,6 +19,7 @@ param appInsightsId string
 param workspaceId string
 param serviceBusNamespaceId string
 param queueName string
+param requestsQueueName string
 
 @description('Percent of failed function invocations that raises the alert.')
 param functionFailureRatePercent int = 5
@@ -179,6 +180,55 @@ resource deadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
               operator: 'Include'
               values: [
                 queueName
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Maximum'
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
+
+// Any request in the requests queue's dead-letter sub-queue. The sending apps cannot see it (a
+// data role on the queue would let them take other apps' requests), so operators hear of it:
+// ValidationFailed or IdempotencyConflict is a sending app's bug to report to its owners (the
+// description holds the field errors); MaxDeliveryCountExceeded means intake kept failing.
+resource requestDeadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: '${namePrefix}-requests-dead-letter-queue'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'The ${requestsQueueName} queue\'s dead-letter sub-queue is not empty. ValidationFailed and IdempotencyConflict: tell the sending app (the description holds the problem details). MaxDeliveryCountExceeded: fix intake, then resubmit the requests unchanged.'
+    severity: 3
+    enabled: true
+    scopes: [
+      serviceBusNamespaceId
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          name: 'DeadletteredMessages'
+          criterionType: 'StaticThresholdCriterion'
+          metricNamespace: 'Microsoft.ServiceBus/namespaces'
+          metricName: 'DeadletteredMessages'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                requestsQueueName
               ]
             }
           ]

@@ -63,13 +63,15 @@ CREATE TABLE IF NOT EXISTS parked_reports (
 );
 CREATE INDEX IF NOT EXISTS parked_reports_message ON parked_reports (message_id);
 CREATE INDEX IF NOT EXISTS parked_reports_age ON parked_reports (parked_at);
+-- position is the rowid: a new row gets one above every row present, so it orders the outbox
+-- (no AUTOINCREMENT, no index on the owner: the outbox is drained continuously and stays small,
+-- and intake writes to it on every accept).
 CREATE TABLE IF NOT EXISTS status_outbox (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    position INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
     notification_id TEXT NOT NULL,
     doc TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS status_outbox_owner ON status_outbox (notification_id);
 """
 
 _OUTSIDE_DOC = {"version", "pending_status_events"}

@@ -954,7 +954,9 @@ class TableLedger:
                 self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
             return
         touched = dict(entity) | {"version": entity["version"] + 1, "outbox": False}
-        if self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"]):
+        etag = self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"])
+        if etag:
+            self._seen.remember(entry["id"], _Seen(touched["version"], etag, _Indexed.recorded(touched)))
             self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
 
     def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
@@ -979,8 +981,10 @@ class TableLedger:
             if remaining and len(remaining) == len(n.pending_status_events):
                 return  # removed already
             n.pending_status_events = remaining
-            if not self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"]):
+            etag = self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"])
+            if not etag:
                 continue  # a writer came between: read again
+            self._seen.remember(notification_id, _Seen(n.version + 1, etag, _Indexed.of(n)))
             if not remaining and entry is not None:
                 self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"])
             return

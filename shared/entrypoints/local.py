@@ -129,8 +129,6 @@ class Worker:
         if self.reconcile:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
         if self.intake:
-            # Each poll of the embedded queue takes the file's write lock; requests are rare next
-            # to dispatches, so they are polled at a gentler pace than the dispatch queue.
             requests = RequestIntake(self.services, self.services.requests_queue, poll_seconds=max(self.poll_seconds, 0.5))
             threading.Thread(target=requests.run, args=(self.stopping,), name="requests", daemon=True).start()
             threading.Thread(target=self._relay_loop, name="status-relay", daemon=True).start()
@@ -155,7 +153,7 @@ class RequestIntake:
         self.poll_seconds = poll_seconds
 
     def run_once(self) -> int:
-        messages = self.queue.receive(max_messages=10, max_wait=self.poll_seconds)
+        messages = self.queue.receive(max_messages=10)
         for message in messages:
             self.handle(message)
         return len(messages)
@@ -179,7 +177,10 @@ class RequestIntake:
         log.info("intake consuming queue %r", self.services.settings.requests_queue)
         while not stopping.is_set():
             try:
-                self.run_once()
+                # One look per interval while idle: every look at the embedded queue takes the
+                # file's write lock, which the dispatchers need far more often.
+                if self.run_once() == 0:
+                    stopping.wait(self.poll_seconds)
             except Exception:
                 # The queue file itself failed (locked, disk full): keep the worker, try again.
                 log.exception("receiving from the requests queue failed; trying again")

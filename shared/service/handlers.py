@@ -132,7 +132,8 @@ def submit_notification(
         with obs.about(stored.id):
             if stored.queued_at is None:
                 # Also covers a first request that crashed between the ledger write and the enqueue.
-                publisher.send(dispatch_message(stored.id, 1))
+                # The next attempt: 1, unless a replay that stopped before its enqueue left it unqueued.
+                publisher.send(dispatch_message(stored.id, stored.attempts + 1))
                 stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
             if created:
                 _accepted(stored)
@@ -245,7 +246,7 @@ def submit_notifications(
         outcomes.append((stored, created))
 
     if fresh:
-        publisher.send_many([dispatch_message(n.id, 1) for n in fresh])
+        publisher.send_many([dispatch_message(n.id, n.attempts + 1) for n in fresh])
         now = clock.now()
         for n in fresh:
             n.mark_queued(now)

@@ -343,7 +343,7 @@ def _replay_one(
     # after 2, a second message (that one, or a replay run again) carries the same attempt, and
     # the dispatcher's lease and fencing let only one of them send. So a crash anywhere loses
     # nothing and sends nothing twice; at worst a queue copy stays behind, which a later replay
-    # skips (the notification is no longer waiting) or purge removes.
+    # skips once the notification is sent, or turns into one more absorbed message.
     def record(n: Notification) -> list | None:
         pending = {r.address for r in n.pending_recipients()}
         if not pending:

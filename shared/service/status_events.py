@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..domain.commands import RelayStatusEvents
-from ..domain.errors import StatusPublishFailed, StatusPublishForbidden, StatusPublishRejected
+from ..domain.errors import StatusPublishFailed, StatusPublishRejected
 from ..domain.model import StatusEvent
 from .ports import Clock, Ledger, StatusEventPublisher
 from .retry import RetryPolicy
@@ -99,11 +99,10 @@ class Destination:
         self.failures += 1
         delay = policy.backoff(self.failures, error.retry_after)
         self.retry_at = now + timedelta(seconds=delay)
-        hint = " (check the identity's EventGrid Data Sender role and the topic endpoint)" if isinstance(
-            error, StatusPublishForbidden) else ""
+        # The adapter's message says what to check (a 401/403 from the topic names the role).
         log.warning(
-            "status events: %s failed (%s) %d time(s) in a row; %d event(s) kept in the outbox, next try in %.1fs%s",
-            self.name, error.message, self.failures, kept, delay, hint,
+            "status events: %s failed (%s) %d time(s) in a row; %d event(s) kept in the outbox, next try in %.1fs",
+            self.name, error.message, self.failures, kept, delay,
             extra={"event": "notify.status_events_failing", "destination": self.name, "failures": self.failures,
                    "kept": kept},
         )

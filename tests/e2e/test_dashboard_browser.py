@@ -145,6 +145,19 @@ def test_the_failure_rate_is_shown_against_its_thresholds(page):
     assert "last 60 minutes" in page.locator("#rate-window").inner_text()
 
 
+def test_the_newest_dead_letters_show_with_their_reasons(page, stack):
+    sign_in(page, OPERATOR_KEY)
+
+    table = page.get_by_role("table").filter(has_text="MaxAttemptsExceeded")
+    table.wait_for()
+    rows = read_table(table)
+    assert sorted(row["Notification"] for row in rows) == sorted(stack.dead)
+    assert {(row["Channel"], row["Reason"]) for row in rows} == {("Email", "MaxAttemptsExceeded")}
+    assert all("HTTP 500" in row["Description"] for row in rows)
+    assert [row["Dead-lettered"] for row in rows] == sorted((row["Dead-lettered"] for row in rows), reverse=True)
+    assert page.get_by_text("The 2 newest, newest first.").is_visible()
+
+
 def test_the_dead_letters_section_says_when_it_cannot_show_them(page):
     # The dead-letter listing fails (as a 503 from a store that is down would) while the figures load.
     page.route("**/api/admin/dead-letters*", lambda route: route.fulfill(status=503, body="down"))

@@ -17,7 +17,8 @@ import pytest
 
 from tests.e2e.stack import OPERATOR, ROOT, SENDER, LocalStack, wait_until
 
-pytestmark = pytest.mark.e2e
+# Each test starts a stack and several CLI processes: more than the default timeout on a busy machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 #: ACS answers 500 to everything: two attempts each, then the dead letter.
 ACS_DOWN = dict(MAX_SEND_ATTEMPTS="2", RETRY_BASE_SECONDS="0.1", RETRY_MAX_SECONDS="0.2")
@@ -31,14 +32,14 @@ def cli(stack: LocalStack, *args: str) -> subprocess.Popen:
     # A wide terminal, so Rich does not fold the table's columns.
     return subprocess.Popen(
         [sys.executable, "-m", "shared", *args], cwd=ROOT, env=stack.environment() | {"COLUMNS": "250"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
-def run(stack: LocalStack, *args: str) -> str:
+def run(stack: LocalStack, *args: str, answer: str | None = None, expect: int = 0) -> str:
     process = cli(stack, *args)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0, f"{args}: {err[-2000:]}"
+    out, err = process.communicate(answer, timeout=120)
+    assert process.returncode == expect, f"{args}: {err[-2000:]}"
     return out
 
 
@@ -51,7 +52,7 @@ def dead_letter_burst(stack: LocalStack, count: int) -> list[str]:
     ids = [r["id"] for r in response.json()["results"]]
     assert len(ids) == count
     for nid in ids:
-        stack.wait_for_status(nid, "dead_lettered", timeout=60)
+        stack.wait_for_status(nid, "dead_lettered", timeout=120)
     return ids
 
 
@@ -139,3 +140,14 @@ def test_the_admin_api_lists_and_replays_dead_letters_on_the_local_stack(tmp_pat
         assert sends_per_notification(stack, ids) == Counter(ids[:2])
         still = httpx.get(f"{stack.api}/api/admin/dead-letters", headers=OPERATOR, timeout=10).json()["deadLetters"]
         assert sorted(d["id"] for d in still) == sorted(ids[2:])
+
+        # The CLI shows one of them, and purges the rest only once the operator says yes.
+        shown = run(stack, "dlq", "show", ids[2])
+        assert "MaxAttemptsExceeded" in shown and "HTTP 500" in shown and "dead_lettered" in shown
+        run(stack, "dlq", "purge", "--all", answer="n\n", expect=1)
+        assert len(json.loads(run(stack, "dlq", "list", "--json"))) == 2
+        purged = run(stack, "dlq", "purge", "--all", answer="y\n")
+        assert "2 purged" in purged
+        assert json.loads(run(stack, "dlq", "list", "--json")) == []
+        assert {stack.get(nid)["status"] for nid in ids[2:]} == {"failed"}
+        assert sends_per_notification(stack, ids) == Counter(ids[:2])

@@ -12,6 +12,7 @@ import pytest
 
 from shared.adapters.embedded_queue import EmbeddedQueue
 from tests.e2e.stack import OPERATOR, ROOT, LocalStack, wait_until
+from tests.e2e.test_status_events import FlakySubscriber
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +20,17 @@ OWNER = "servicebus:notification-requests"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with LocalStack(tmp_path_factory.mktemp("requests")) as running:
+def subscriber():
+    # An app's webhook for status events, which never fails here.
+    webhook = FlakySubscriber(fail_first=0)
+    yield webhook
+    webhook.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, subscriber):
+    settings = {"STATUS_EVENT_SUBSCRIBERS": subscriber.url, "STATUS_RELAY_INTERVAL_SECONDS": "0.2"}
+    with LocalStack(tmp_path_factory.mktemp("requests"), **settings) as running:
         yield running
 
 
@@ -60,7 +70,7 @@ def read(stack, notification_id: str) -> dict:
     return httpx.get(f"{stack.api}/api/notifications/{notification_id}", headers=OPERATOR, timeout=10).json()
 
 
-def test_a_request_put_on_the_requests_queue_reaches_delivered_with_its_correlation_and_properties(stack):
+def test_a_request_put_on_the_requests_queue_reaches_delivered_with_its_correlation_and_properties(stack, subscriber):
     key = f"order-{uuid.uuid4().hex[:8]}"
     enqueue(
         stack, {"channel": "email", "to": [unique()], "subject": "Shipped", "text": "On its way"},
@@ -75,6 +85,12 @@ def test_a_request_put_on_the_requests_queue_reaches_delivered_with_its_correlat
     assert notification["correlationId"] == "trace-42"
     assert notification["properties"] == {"tenant": "contoso"}
     assert [h["event"] for h in notification["history"]] == ["accepted", "queued", "send_attempt", "sent", "delivery_report"]
+    events = wait_until(
+        lambda: (found := subscriber.for_notification(notification_id)) and len(found) >= 3 and found,
+        timeout=30, what="the status events of the queued request",
+    )
+    assert [e["data"]["status"] for e in events] == ["accepted", "sent", "delivered"]
+    assert all(e["data"]["correlationId"] == "trace-42" and e["data"]["properties"] == {"tenant": "contoso"} for e in events)
 
 
 def test_an_invalid_request_is_dead_lettered_as_validation_failed_with_its_field_errors(stack, requests_queue):

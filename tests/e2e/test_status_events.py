@@ -72,7 +72,8 @@ def test_a_subscriber_that_fails_twice_still_receives_accepted_sent_and_delivere
     address = f"jane+{uuid.uuid4().hex[:8]}@example.com"
     try:
         with LocalStack(tmp_path, **settings) as stack:
-            accepted = stack.send({"channel": "email", "to": [address], "subject": "Receipt", "text": "Thanks"})
+            accepted = stack.send({"channel": "email", "to": [address], "subject": "Receipt", "text": "Thanks",
+                                   "correlationId": "order-42", "properties": {"tenant": "contoso"}})
             assert accepted.status_code == 202
             nid = accepted.json()["id"]
             stack.wait_for_status(nid, "delivered")
@@ -95,5 +96,6 @@ def test_a_subscriber_that_fails_twice_still_receives_accepted_sent_and_delivere
     assert [e["data"]["sequence"] for e in received] == [1, 2, 3]
     assert all(e["specversion"] == "1.0" and e["subject"] == f"notifications/{nid}" for e in received)
     assert received[2]["data"]["recipient"] == "j***@example.com" and received[2]["data"]["notificationStatus"] == "delivered"
+    assert all(e["data"]["correlationId"] == "order-42" and e["data"]["properties"] == {"tenant": "contoso"} for e in received)
     # The failures were logged, without the recipient.
     assert "kept in the outbox" in log and address not in log

@@ -61,6 +61,52 @@ def test_enqueue_refuses_a_file_that_is_not_json_and_queues_nothing(tmp_path):
     assert not (tmp_path / "queue.sqlite3").exists()
 
 
+def test_dlq_list_takes_since_as_a_duration_and_refuses_what_is_neither_a_time_nor_a_duration(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from shared.adapters.sqlite_ledger import SqliteLedger
+    from shared.domain.model import Channel, Notification, Recipient
+
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    now = datetime.now(timezone.utc)
+    ids = []
+    for hours_ago in (3, 1):
+        n = Notification.accept(channel=Channel.SMS, sender="+18005550100", recipients=[Recipient(address="+14255551234")],
+                                content={"message": "Hi"}, metadata={}, at=now - timedelta(hours=4))
+        ledger.add(n)
+        n.mark_dead_lettered(now - timedelta(hours=hours_ago), "MaxAttemptsExceeded", "ServiceUnavailable / HTTP 503")
+        ledger.save(n)
+        ids.append(n.id)
+    ledger.close()
+
+    recent = cli(tmp_path, "dlq", "list", "--since", "2h", "--json")
+    bad = cli(tmp_path, "dlq", "list", "--since", "yesterday")
+
+    assert recent.returncode == 0, recent.stderr
+    assert [d["id"] for d in json.loads(recent.stdout)] == [ids[1]]
+    assert bad.returncode == 2 and "duration" in bad.stderr
+
+
+def test_dlq_replay_and_purge_need_ids_a_filter_or_all(tmp_path):
+    for command in ("replay", "purge"):
+        result = cli(tmp_path, "dlq", command)
+        assert result.returncode == 2
+        assert "--all" in result.stdout
+
+
+def test_suppression_changes_from_the_cli_are_in_the_audit_trail_under_the_os_user(tmp_path):
+    import getpass
+
+    cli(tmp_path, "suppressions", "add", "sms", "+14255551234", "--reason", "asked to stop")
+    cli(tmp_path, "suppressions", "remove", "sms", "+14255551234")
+
+    audit = json.loads(cli(tmp_path, "dlq", "audit", "--json").stdout)
+
+    assert sorted(e["action"] for e in audit) == ["suppressions.add", "suppressions.remove"]
+    assert {e["actor"] for e in audit} == {f"cli:{getpass.getuser()}"}
+    assert {e["outcomes"][0]["outcome"] for e in audit} == {"added", "removed"}
+
+
 def test_an_operator_gets_the_hash_telemetry_knows_a_recipient_by_whatever_its_spelling(tmp_path):
     from shared.domain.privacy import recipient_hash
 

@@ -710,6 +710,19 @@ def test_a_replayed_notification_leaves_the_dead_letter_listing_and_a_second_dea
     assert ledger.dead_lettered(since=at(2), reason="MaxAttemptsExceeded") == []
 
 
+def test_a_dead_letter_whose_save_lost_a_race_is_not_listed(ledger):
+    notification = ledger.add(email())
+    loser, winner = ledger.get(notification.id), ledger.get(notification.id)
+    winner.mark_queued(at(1))
+    ledger.save(winner)
+
+    with pytest.raises(ConcurrencyConflict):
+        ledger.save(dead(loser, at(2)))
+
+    assert ledger.dead_lettered() == []
+    assert ledger.dead_lettered(since=at(2)) == []
+
+
 def test_a_purged_dead_letter_is_no_longer_listed(ledger):
     notification = ledger.add(email())
     ledger.save(dead(notification, at(1)))

@@ -141,3 +141,63 @@ def test_the_outbox_of_a_purged_notification_goes_with_it(ledger):
 
     assert [e.notification_id for e in ledger.pending_status_events(limit=10)] == [recent.id]
     assert ledger.get(old.id) is None
+
+
+def test_the_relay_over_this_ledger_publishes_every_event_once_in_each_notifications_order(ledger):
+    from shared.domain.commands import RelayStatusEvents
+    from shared.service.retry import RetryPolicy
+    from shared.service.status_events import Destination, relay_status_events
+    from tests.fakes import FakeClock, FakeStatusEventPublisher
+
+    notifications = [ledger.add(email(created=at(i))) for i in range(3)] + [ledger.add(sms(created=at(3)))]
+    for i, n in enumerate(notifications):
+        ledger.save(sent(ledger.get(n.id), at(10 + i)))
+    topic = FakeStatusEventPublisher()
+
+    relay_status_events(RelayStatusEvents(batch_size=4), ledger=ledger, destinations=[Destination(topic)],
+                        policy=RetryPolicy(), clock=FakeClock())
+
+    published = [(e["data"]["id"], e["data"]["sequence"]) for e in topic.events]
+    assert len(published) == len(set(published)) == 3 * 3 + 3
+    for n in notifications:
+        assert [seq for nid, seq in published if nid == n.id] == sorted(seq for nid, seq in published if nid == n.id)
+    assert ledger.pending_status_events(limit=100) == []
+
+
+# ---------------------------------------------------------------------------- Table Storage only
+
+
+def test_a_table_save_the_relay_overtakes_after_its_outbox_entry_is_refused_rather_than_hidden(request):
+    """The race the Table ledger's module docstring walks through: a save has written its outbox
+    entry ahead, and the relay finds the entry before the save's own write lands."""
+    from azure.data.tables import TableServiceClient
+
+    from shared.adapters.table_ledger import TableLedger
+    from tests import azurite
+
+    service, prefix = azurite.fresh_table_service(request)
+    relay_side = TableLedger(service, prefix=prefix)
+    n = relay_side.add(email())
+    relay_side.mark_status_events_published(relay_side.pending_status_events(limit=10))
+    overtaken: list[list] = []
+
+    def relay_first(pipeline_request) -> None:
+        http = pipeline_request.http_request
+        if http.method == "PUT" and f"{prefix}notifications(" in http.url and not overtaken:
+            overtaken.append(relay_side.pending_status_events(limit=10))
+
+    writer_service = TableServiceClient.from_connection_string(
+        request.getfixturevalue("azurite_tables"), raw_request_hook=relay_first
+    )
+    writer = TableLedger(writer_service, prefix=prefix)
+    try:
+        copy = writer.get(n.id)
+        with pytest.raises(ConcurrencyConflict):
+            writer.save(sent(copy, at(1)))
+        assert overtaken == [[]]  # the relay saw the entry, but no events yet: it settled the entry
+
+        writer.save(sent(writer.get(n.id), at(1)))  # the handler's retry
+        assert [e.status.value for e in relay_side.pending_status_events(limit=10)] == ["sent", "sent"]
+    finally:
+        writer.close()
+        relay_side.close()

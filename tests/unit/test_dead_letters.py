@@ -336,6 +336,22 @@ def test_a_replay_that_dies_before_its_message_is_enqueued_is_finished_by_the_re
     assert ops.ledger.get(nid).status is NotificationStatus.SENT
 
 
+def test_a_request_sent_again_while_a_replay_is_interrupted_leaves_the_notification_to_be_sent_once(ops):
+    n, _ = ops.submit(email_command(key="order-42"))
+    ops.email.failures = [ServiceUnavailable("down", status_code=503) for _ in range(3)]
+    ops.drive(n.id)
+    ops.publisher.fail_next = Crash()
+    with pytest.raises(Crash):
+        ops.replay(n.id)
+
+    again, created = ops.submit(email_command(key="order-42"))
+    ops.drive(n.id)
+
+    assert again.id == n.id and not created
+    assert sends(ops, n.id) == 1
+    assert ops.ledger.get(n.id).status is NotificationStatus.SENT
+
+
 def test_a_replay_that_dies_before_removing_the_dead_letter_and_is_run_again_sends_once(ops):
     nid = ops.dead_lettered_email()
     remove = ops.queue.remove_dead_letter

@@ -123,6 +123,27 @@ def test_an_invalid_request_is_refused_with_the_same_field_errors_as_the_http_42
     assert (problem["status"], problem["type"]) == (422, http.json()["type"])
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"channel": "fax", "to": ["+14255551234"]},
+        ["not", "an", "object"],
+        {"channel": "sms", "to": ["4255551234", "+14255551234", "+14255551234"], "message": ""},
+        {"channel": "sms", "to": ["+14255551234"], "message": "Hi", "attachments": [], "sender": "+18005550199"},
+        {"channel": "email", "to": [], "subject": "", "cc": ["x@"]},
+        {"channel": "email", "to": ["a@example.com"], "template": {"name": "no-such-template"}},
+        {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "x", "properties": {"n": None}, "correlationId": 7},
+    ],
+    ids=["unknown-channel", "not-an-object", "bad-sms", "sms-extras", "empty-email", "unknown-template", "bad-envelope"],
+)
+def test_every_kind_of_invalid_body_gets_the_same_errors_from_the_queue_as_from_http(faked_services, client, body):
+    http = client.post("/api/notifications", json=body, headers=SENDER)
+    outcome = accept(faked_services, message(body))
+
+    assert http.status_code == 422
+    assert json.loads(outcome.description)["errors"] == http.json()["errors"]
+
+
 def test_a_refused_request_stores_and_queues_nothing(faked_services):
     accept(faked_services, message(INVALID))
 

@@ -138,13 +138,12 @@ def test_a_dead_letter_is_one_event_with_its_reason_and_a_replay_is_another():
     n, _ = world.submit(email_command("jane@example.com"))
     world.dispatch(n.id)
     stored = world.ledger.get(n.id)
-    # The operator's replay (another module) records exactly this history event.
-    stored._record(world.clock.now(), "replayed", detail={"by": "operator"})
+    stored.record_replay(world.clock.now(), by="operator", replay_count=1)
     world.ledger.save(stored)
 
     events = list(world.ledger.outbox.values())
     assert [(e.status.value, e.reason, e.notification_status) for e in events] == [
-        ("accepted", None, "accepted"), ("dead_lettered", "RequestRejected", "dead_lettered"), ("replayed", None, "dead_lettered"),
+        ("accepted", None, "accepted"), ("dead_lettered", "RequestRejected", "dead_lettered"), ("replayed", None, "accepted"),
     ]
 
 
@@ -391,3 +390,22 @@ def test_cloud_event_type_uses_the_configured_prefix():
     [event] = world.ledger.pending_status_events(10)
 
     assert cloud_event(event, type_prefix="Notify", source="/x")["type"] == "Notify.notification.accepted"
+
+
+def test_a_replay_that_finds_a_number_opted_out_since_announces_it_and_a_purge_fails_the_rest():
+    world = World()
+    world.sms.failures = [RequestRejected("bad", status_code=400)]
+    n, _ = world.submit(sms_command("+14255554567", "+14255551234"))
+    world.dispatch(n.id)
+    stored = world.ledger.get(n.id)
+    stored.record_replay(world.clock.now(), by="operator", replay_count=1,
+                         suppressed={"+14255554567": "OnSuppressionList: OptedOut: replied STOP"})
+    stored.record_purged(world.clock.now(), by="operator")
+    world.ledger.save(stored)
+
+    events = [(e.status.value, e.recipient, e.reason) for e in world.ledger.outbox.values()][2:]
+    assert events == [
+        ("opted_out", "+1******4567", "OnSuppressionList: OptedOut: replied STOP"),
+        ("replayed", None, None),
+        ("failed", "+1******1234", "DeadLetterPurged"),
+    ]
