@@ -24,7 +24,7 @@ log = logging.getLogger("function_app")
 @app.function_name(name="dispatch_notification")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%NOTIFICATIONS_QUEUE%", connection="ServiceBusConnection")
 def dispatch_notification(msg: func.ServiceBusMessage) -> None:
-    outcome = triggers.dispatch_queue_message(msg.get_body())
+    outcome = triggers.dispatch_queue_message(msg.get_body(), msg.application_properties, msg.enqueued_time_utc)
     if isinstance(outcome, DeadLettered):
         # The ledger holds the dead letter with its reason; returning completes the message so
         # the host does not redeliver it in a hot loop.

@@ -115,6 +115,12 @@ param entraTokenVersions string = '2'
 
 @description('ENTRA_ROLE_MAP: app-role values of the API app registration mapped to the service roles.')
 param entraRoleMap string = 'Notify.Send=sender,Notify.Operate=operator,Notify.EventGrid=eventgrid'
+
+@description('The key of the recipient hashes in telemetry (PII_HASH_KEY): openssl rand -base64 32, kept per environment (docs/operations.md).')
+@secure()
+@minLength(32)
+param piiHashKey string
+
 @description('Object ids of the apps\' identities (service principals) that may put notification requests on the requests queue: each gets Azure Service Bus Data Sender on that queue only.')
 param requestSenderPrincipalIds array = []
 
@@ -232,6 +238,7 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     alwaysReadyHttpInstances: alwaysReadyHttpInstances
     zoneRedundant: zoneRedundant
+    piiHashKey: piiHashKey
   }
 }
 

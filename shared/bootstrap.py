@@ -25,6 +25,15 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def configure_telemetry(self, role: str) -> None:
+        """The process's exporters, log format and recipient-hash key (``shared.telemetry``)."""
+        from . import telemetry
+
+        s = self.settings
+        entra = "aad" in (s.applicationinsights_authentication_string or "").lower()
+        credential = self.azure_credential if s.applicationinsights_connection_string and entra else None
+        telemetry.configure(s, role=role, credential=credential)
+
     @cached_property
     def clock(self):
         from .adapters.clock import SystemClock
@@ -248,12 +257,15 @@ _lock = threading.Lock()
 _services: Services | None = None
 
 
-def services() -> Services:
-    """The process-wide services, built from the environment on first call."""
+def services(role: str = "functions") -> Services:
+    """The process-wide services, built from the environment on first call, which also sets up the
+    process's telemetry (``role`` names the process in it: api, worker, functions)."""
     global _services
     with _lock:
         if _services is None:
-            _services = Services(load_settings())
+            built = Services(load_settings())
+            built.configure_telemetry(role)
+            _services = built
         return _services
 
 

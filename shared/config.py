@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .domain.privacy import DEV_PII_HASH_KEY
+
 ROLES = ("sender", "operator", "eventgrid")
 
 #: App-role values (the ``roles`` claim of an Entra ID token) mapped to the service's roles unless
@@ -159,6 +161,16 @@ class Settings(BaseSettings):
     # Carriers bill per segment; refuse messages that would cost more than this.
     sms_max_segments: int = Field(6, alias="SMS_MAX_SEGMENTS", ge=1, le=50)
 
+    # Telemetry (shared/telemetry.py). With the App Insights connection string set, everything goes
+    # to Azure Monitor; otherwise TELEMETRY_EXPORTER=console prints spans and metrics locally.
+    applicationinsights_connection_string: str | None = Field(None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING")
+    # "Authorization=AAD" when App Insights takes only Entra-authenticated telemetry (the app's identity).
+    applicationinsights_authentication_string: str | None = Field(None, alias="APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
+    telemetry_exporter: Literal["none", "console"] = Field("none", alias="TELEMETRY_EXPORTER")
+    log_format: Literal["text", "json"] = Field("text", alias="LOG_FORMAT")
+    # The key of the recipient hashes in telemetry (HMAC-SHA256), one per environment. Changing it
+    # makes older telemetry unsearchable by recipient; a fixed development key serves locally.
+    pii_hash_key: str = Field(DEV_PII_HASH_KEY, alias="PII_HASH_KEY", min_length=16)
     # Status events out (README "Status events"): the Event Grid custom topic in Azure
     # (https://<topic>.<region>-1.eventgrid.azure.net/api/events; the identity needs EventGrid Data
     # Sender), subscriber URLs on the local stack, comma-separated. Neither: events are dropped
@@ -178,6 +190,11 @@ class Settings(BaseSettings):
     queue_lock_seconds: int = Field(60, alias="QUEUE_LOCK_SECONDS", ge=5, le=300)
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
     reconcile_interval_seconds: float = Field(30.0, alias="RECONCILE_INTERVAL_SECONDS", gt=0)
+
+    @field_validator("applicationinsights_connection_string", "applicationinsights_authentication_string")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("email_senders", "sms_senders", "entra_audiences", "entra_token_versions", mode="before")
     @classmethod
@@ -293,6 +310,11 @@ class Settings(BaseSettings):
                 raise ValueError("ACS_ACCESS_KEY must not be set in Azure: the managed identity authenticates to ACS")
             if self.tables_connection_string:
                 raise ValueError("TABLES_CONNECTION_STRING must not be set in Azure: use TABLES_ENDPOINT")
+            if self.pii_hash_key == DEV_PII_HASH_KEY or len(self.pii_hash_key) < 32:
+                raise ValueError(
+                    "PII_HASH_KEY must be set in Azure to a random key of at least 32 characters, one per environment"
+                    " (openssl rand -base64 32): the development key would let anyone reverse the recipient hashes"
+                )
             if self.ledger_backend != "table":
                 raise ValueError("LEDGER_BACKEND must be table in Azure: a SQLite file does not survive an instance")
             if self.queue_backend != "servicebus":

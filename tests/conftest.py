@@ -61,3 +61,51 @@ def azurite_tables(tmp_path_factory):
 
     with azurite.table_endpoint(tmp_path_factory.mktemp("azurite")) as connection_string:
         yield connection_string
+
+
+class Telemetry:
+    """What the process exported through the SDK's in-memory span exporter and metric reader."""
+
+    def __init__(self, exporter, reader) -> None:
+        self.exporter = exporter
+        self.reader = reader
+
+    def spans(self, name: str | None = None) -> list:
+        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
+
+    def span(self, name: str):
+        [found] = self.spans(name)
+        return found
+
+    def points(self, name: str, **attributes) -> list:
+        """Data points of a metric whose attributes include ``attributes`` (cumulative since start)."""
+        data = self.reader.get_metrics_data()
+        return [
+            point
+            for resource in (data.resource_metrics if data else [])
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+            if attributes.items() <= dict(point.attributes).items()
+        ]
+
+    def total(self, name: str, **attributes) -> float:
+        """A counter's sum, or a histogram's count, over the matching data points."""
+        return sum(getattr(p, "value", None) if hasattr(p, "value") else p.count for p in self.points(name, **attributes))
+
+
+@pytest.fixture(scope="session")
+def _telemetry_providers():
+    from shared import telemetry
+
+    return telemetry.configure_for_tests()
+
+
+@pytest.fixture
+def telemetry(_telemetry_providers):
+    """The process's spans and metrics; spans start empty, metrics are cumulative (compare totals
+    before and after)."""
+    exporter, reader = _telemetry_providers
+    exporter.clear()
+    return Telemetry(exporter, reader)

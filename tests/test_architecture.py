@@ -20,6 +20,16 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def test_the_domain_imports_no_telemetry_and_the_service_layer_only_the_vendor_neutral_api():
+    """The service layer records spans and metrics through the OpenTelemetry API (a no-op until a
+    process installs an SDK); which SDK and exporter is the business of ``shared/telemetry.py``."""
+    domain = {name for path in (SHARED / "domain").rglob("*.py") for name in imported_modules(path)}
+    service = {name for path in (SHARED / "service").rglob("*.py") for name in imported_modules(path)}
+    assert not {name for name in domain if name.startswith("opentelemetry") or "telemetry" in name}
+    assert {name for name in service if name.startswith("opentelemetry")} <= {"opentelemetry", "opentelemetry.context", "opentelemetry.trace"}
+    assert not {name for name in service if name.lstrip(".") == "telemetry"}
+
+
 @pytest.mark.parametrize("layer", ["domain", "service"])
 def test_the_inner_layers_import_no_technology(layer):
     offenders = {

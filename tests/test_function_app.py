@@ -146,6 +146,15 @@ def test_the_service_bus_function_dispatches_the_queued_notification(faked_servi
     assert faked_services.ledger.get(nid).status is NotificationStatus.SENT
 
 
+def test_the_service_bus_function_continues_the_trace_of_the_http_function_that_queued_it(faked_services, telemetry):
+    submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
+
+    request = telemetry.span("POST /api/notifications")
+    acs = telemetry.span("acs.email.send")
+    assert acs.context.trace_id == request.context.trace_id
+    assert telemetry.span("notifications process").parent.span_id == telemetry.span("notify.submit").context.span_id
+
+
 def test_a_malformed_service_bus_message_is_dead_lettered_in_the_ledger_not_retried(faked_services):
     message = ServiceBusMessage(body=b"not json", message_id="m1", delivery_count=1, application_properties={}, user_properties={})
     functions()["dispatch_notification"].get_user_function()(message)  # returns: completed, not abandoned

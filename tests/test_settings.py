@@ -90,6 +90,7 @@ AZURE = {
     "QUEUE_BACKEND": "servicebus",
     "ServiceBusConnection__fullyQualifiedNamespace": "notify.servicebus.windows.net",
     "ATTACHMENTS_CONTAINER_URL": "https://notify.blob.core.windows.net/attachments",
+    "PII_HASH_KEY": "yJ3wq0mC4tV8pX1sN6bE9rK2fH5gL7dA0zQ3uW8iO1c=",
     "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify.westeurope-1.eventgrid.azure.net/api/events",
 }
 
@@ -112,6 +113,8 @@ def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
         ({"ENTRA_JWKS_URL": "http://keys.example.com/keys"}, "ENTRA_JWKS_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": None}, "ATTACHMENTS_CONTAINER_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": "http://notify.blob.core.windows.net/attachments"}, "ATTACHMENTS_CONTAINER_URL"),
+        ({"PII_HASH_KEY": None}, "PII_HASH_KEY"),
+        ({"PII_HASH_KEY": "short-but-16-chars"}, "PII_HASH_KEY"),
         ({"STATUS_EVENTS_TOPIC_ENDPOINT": None}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
         ({"STATUS_EVENT_SUBSCRIBERS": "https://hooks.example.com/notify"}, "STATUS_EVENT_SUBSCRIBERS"),
     ],

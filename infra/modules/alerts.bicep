@@ -3,7 +3,10 @@
 // 2. email failure rate over 1 % (ACS delivery statuses): ACS throttles senders at 1-2 %;
 // 3. the dispatch queue's dead-letter sub-queue is not empty (a crash loop or expired messages);
 // 4. delivery reports missing their deadline (the reconciler's `unconfirmed`);
-// 5. the app's own failure-rate event (the reconciler's notify.failure_rate warning).
+// 5. the app's own failure-rate event (the reconciler's notify.failure_rate warning);
+// 6. notifications the dispatcher dead-lettered (its notify.dead_lettered event);
+// 7. dispatch messages waiting too long on the queue (the notify.queue.age metric).
+// What each means and what to do: docs/operations.md.
 
 param namePrefix string
 param location string
@@ -26,6 +29,9 @@ param emailFailureRatePercent int = 1
 
 @description('Sends below this many in the window are too few for a rate (one bounce in ten is not a trend); matches FAILURE_RATE_MIN_SENT.')
 param emailMinDeliveries int = 50
+
+@description('Seconds a dispatch message may wait on the queue before the queue-age alert fires.')
+param queueAgeSeconds int = 300
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: 'ag-${namePrefix}'
@@ -338,6 +344,100 @@ traces
   }
 }
 
+// Notifications the dispatcher gave up on. In Azure a dead letter is a ledger record with its
+// reason (the trigger completes the message), so the Service Bus dead-letter alert above never
+// sees it: the dispatcher's `event=notify.dead_lettered` log line is the signal
+// (docs/operations.md, "Dead-letter reasons").
+resource ledgerDeadLetters 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-dead-lettered-notifications'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Notify: notifications dead-lettered'
+    description: 'The dispatcher gave up on notifications (permanent ACS error, attempts exhausted, configuration). docs/operations.md, "Dead-letter reasons", has the query that groups them by reason and what to do for each.'
+    severity: 2
+    enabled: true
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    scopes: [
+      appInsightsId
+    ]
+    skipQueryValidation: true
+    criteria: {
+      allOf: [
+        {
+          query: '''
+traces
+| where tostring(customDimensions.event) == "notify.dead_lettered"
+| summarize count() by reason = tostring(customDimensions.reason)
+'''
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// How long dispatch messages wait before a dispatcher takes them (the notify.queue.age histogram,
+// customMetrics). Scheduled retries and quota deferrals count from when they become visible, so a
+// long wait means the dispatcher is behind or not running, not that backoff is long.
+resource queueAge 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-queue-age'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Notify: dispatch messages wait longer than ${queueAgeSeconds} s'
+    description: 'A message waited more than ${queueAgeSeconds} s on the notifications queue before a dispatcher took it: the dispatcher is failing, throttled by its quota, or not scaling. docs/operations.md, "Queue age".'
+    severity: 2
+    enabled: true
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    scopes: [
+      appInsightsId
+    ]
+    skipQueryValidation: true
+    criteria: {
+      allOf: [
+        {
+          query: format('''
+customMetrics
+| where name == "notify.queue.age"
+| summarize oldest = max(valueMax)
+| where oldest > {0}
+''', queueAgeSeconds)
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
 output actionGroupId string = actionGroup.id
 output alertRuleNames array = [
   functionFailureRate.name
@@ -345,4 +445,6 @@ output alertRuleNames array = [
   deadLetters.name
   deliveryReportDeadline.name
   appFailureRate.name
+  ledgerDeadLetters.name
+  queueAge.name
 ]

@@ -105,6 +105,11 @@ param zoneRedundant bool = true
 @minValue(0)
 param alwaysReadyHttpInstances int
 
+@description('PII_HASH_KEY: the key of the recipient hashes in telemetry, random and one per environment.')
+@secure()
+@minLength(32)
+param piiHashKey string
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -473,6 +478,22 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           // Local worker only (the timer trigger runs RECONCILE_SCHEDULE in Azure); kept valid.
           name: 'RECONCILE_INTERVAL_SECONDS'
           value: '30'
+        }
+        // --- Telemetry: Azure Monitor through APPLICATIONINSIGHTS_CONNECTION_STRING above.
+        {
+          // Only the local stack prints spans; here they go to App Insights.
+          name: 'TELEMETRY_EXPORTER'
+          value: 'none'
+        }
+        {
+          name: 'LOG_FORMAT'
+          value: 'json'
+        }
+        {
+          // Not a credential (it opens nothing), but whoever holds it can test guessed addresses
+          // against the hashes in telemetry: hence @secure, and one per environment.
+          name: 'PII_HASH_KEY'
+          value: piiHashKey
         }
       ]
     }

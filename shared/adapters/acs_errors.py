@@ -18,6 +18,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from ..domain.privacy import redact_text
 from ..domain.errors import (
     ConfigurationError,
     PayloadTooLarge,
@@ -60,7 +61,12 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
 
 
 def error_for_status(status: int, code: str | None, message: str, retry_after: float | None = None) -> SendError:
-    """Classify an ACS HTTP failure (whole request, or one SMS recipient inside a 202)."""
+    """Classify an ACS HTTP failure (whole request, or one SMS recipient inside a 202).
+
+    ACS's error messages can quote the recipient ("Invalid email address 'jane@...'"); the message
+    is masked here, at the boundary, because it goes on into logs, spans and the dead-letter reason.
+    """
+    message = redact_text(message)
     if status in (401, 403):
         hint = "check ACS_ACCESS_KEY, or that the app's managed identity holds a role on the ACS resource"
         return ConfigurationError(f"{message} ({hint})", status_code=status, code=code)
@@ -115,7 +121,7 @@ def acs_errors(operation: str) -> Iterator[None]:
         raise SendTimeout(f"{operation}: {type(exc).__name__}") from exc
     except SerializationError as exc:
         # Our request could not be encoded; nothing was sent and the same input fails again.
-        raise RequestRejected(f"{operation}: the request could not be serialized ({exc})") from exc
+        raise RequestRejected(f"{operation}: the request could not be serialized ({redact_text(str(exc))})") from exc
     except (DeserializationError, json.JSONDecodeError) as exc:
         # A success answer ACS sent could not be parsed: ACS may have acted.
         raise SendTimeout(f"{operation}: unreadable answer ({type(exc).__name__})") from exc

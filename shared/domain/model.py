@@ -286,6 +286,9 @@ class Notification(BaseModel):
     caller_properties: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: The W3C traceparent of the request that accepted it, so the spans of its delivery reports,
+    #: which arrive in Event Grid's own trace, can link back to it.
+    trace_context: str | None = None
     created_at: datetime
     updated_at: datetime
     queued_at: datetime | None = None
@@ -339,6 +342,7 @@ class Notification(BaseModel):
         request_hash: str | None = None,
         notification_id: str | None = None,
         owner: str | None = None,
+        trace_context: str | None = None,
         correlation_id: str | None = None,
         caller_properties: dict[str, str] | None = None,
     ) -> Notification:
@@ -354,6 +358,7 @@ class Notification(BaseModel):
             caller_properties=dict(caller_properties or {}),
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            trace_context=trace_context,
             created_at=at,
             updated_at=at,
         )

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import bootstrap
+from .. import bootstrap, telemetry
 from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
@@ -304,6 +304,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         # bad one is reported by name instead of failing some later request.
         get_services()
         yield
+        telemetry.flush()
 
     api = FastAPI(
         lifespan=lifespan,
@@ -314,6 +315,7 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         docs_url="/api/docs",
         redoc_url=None,
     )
+    telemetry.instrument_api(api)
 
     # Blocking (an Entra ID key-set fetch, about once an hour): async routes call it in the
     # threadpool so a fetch never stalls the event loop.

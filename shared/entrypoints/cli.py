@@ -29,7 +29,7 @@ cli = typer.Typer(help="Notification service: local stack and operator tools.", 
 console = Console()
 
 
-def _setup(verbose: bool = False, quiet: bool = False) -> None:
+def _setup(verbose: bool = False, quiet: bool = False, role: str = "cli") -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -38,7 +38,7 @@ def _setup(verbose: bool = False, quiet: bool = False) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
     local.load_local_settings()
     try:
-        bootstrap.services()
+        bootstrap.services(role)
     except SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -64,7 +64,7 @@ def run(
 @cli.command()
 def api(host: str = "127.0.0.1", port: int = 7071) -> None:
     """Serve only the HTTP API."""
-    _setup()
+    _setup(role="api")
     local.run_api(host, port)
 
 
@@ -75,7 +75,7 @@ def worker(
     ),
 ) -> None:
     """Run only the dispatcher worker (and the reconciliation timer and status event relay)."""
-    _setup()
+    _setup(role="worker")
     local.run_worker(reconcile=reconcile)
 
 
@@ -434,6 +434,15 @@ def dlq_audit(
         state = ("dry run; " if e.dry_run else "") + ("" if e.finished else "interrupted; ")
         table.add_row(e.at.isoformat(timespec="seconds"), e.actor, e.action, json.dumps(e.filter), state + summary, e.id)
     console.print(table)
+
+
+@cli.command("hash-recipient")
+def hash_recipient(address: str = typer.Argument(..., help="An email address or phone number, in any spelling.")) -> None:
+    """The keyed hash telemetry knows this recipient by (PII_HASH_KEY), to search logs and traces."""
+    _setup(quiet=True)
+    from ..service import observability
+
+    print(observability.hash_recipient(address))
 
 
 def main() -> None:

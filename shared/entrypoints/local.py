@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .. import bootstrap
+from .. import bootstrap, telemetry
 from ..domain.errors import LockLost
 from ..service.handlers import DeadLettered
 from ..service.ports import MessageConsumer, ReceivedMessage
@@ -102,7 +102,9 @@ class Worker:
         for _ in range(free - len(messages)):
             self._slots.release()
         for message in messages:
-            future = self._pool.submit(triggers.dispatch_queue_message, json.dumps(message.body))
+            future = self._pool.submit(
+                triggers.dispatch_queue_message, json.dumps(message.body), message.application_properties, message.enqueued_at
+            )
             future.add_done_callback(lambda f, m=message: self._settle(m, f))
         return len(messages)
 
@@ -193,6 +195,8 @@ def run_worker(reconcile: bool = True) -> None:
     except KeyboardInterrupt:
         worker.stopping.set()
         worker._pool.shutdown(wait=True)
+    finally:
+        telemetry.flush()
 
 
 def run_api(host: str, port: int) -> None:
@@ -201,7 +205,9 @@ def run_api(host: str, port: int) -> None:
     from .api import create_api
 
     bootstrap.services()  # fail fast on bad settings, before listening
-    uvicorn.run(create_api(), host=host, port=port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn's own loggers propagate to the root handlers, so its lines (an
+    # unhandled error's traceback among them) get the ids and the recipient masking like ours.
+    uvicorn.run(create_api(), host=host, port=port, log_level="warning", access_log=False, log_config=None)
 
 
 # ------------------------------------------------------------------------------ the whole stack

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
+
+from opentelemetry.trace import SpanKind
 
 from .. import bootstrap
 from ..domain.commands import ApplyDeliveryReports, ApplyInboundSms, DispatchNotification, Reconcile
 from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest
 from ..service import handlers, status_events
+from ..service import observability as obs
 from ..service.ports import ReceivedMessage
 from . import intake
 from .eventgrid import ParsedEvents, read_events
@@ -27,13 +30,39 @@ log = logging.getLogger(__name__)
 REQUEUE_AFTER = timedelta(minutes=2)
 
 
-def dispatch_queue_message(body: bytes | str) -> handlers.DispatchOutcome:
-    try:
-        data = json.loads(body)
-        cmd = DispatchNotification(notification_id=str(data["notificationId"]), attempt=int(data.get("attempt", 1)))
-    except (ValueError, KeyError, TypeError):
-        return handlers.DeadLettered("MalformedMessage", "The queue message is not a dispatch request.")
+def dispatch_queue_message(
+    body: bytes | str,
+    properties: Mapping[str, Any] | None = None,
+    enqueued_at: datetime | None = None,
+    *,
+    queue: str | None = None,
+) -> handlers.DispatchOutcome:
+    """One dispatch message, from the Service Bus trigger or the local worker: a consumer span
+    that continues the trace in the message's application properties (W3C ``traceparent``)."""
     svc = bootstrap.services()
+    queue = queue or svc.settings.notifications_queue
+    attributes = {"messaging.system": "servicebus", "messaging.destination.name": queue, "messaging.operation.type": "process"}
+    with obs.span(
+        f"{queue} process", context=obs.extract(properties), kind=SpanKind.CONSUMER, attributes=attributes
+    ):
+        if enqueued_at is not None:
+            if enqueued_at.tzinfo is None:  # the Functions binding gives UTC without a zone
+                enqueued_at = enqueued_at.replace(tzinfo=timezone.utc)
+            obs.queue_age.record(obs.since(enqueued_at, svc.clock.now()), {"queue": queue})
+        try:
+            data = json.loads(body)
+            cmd = DispatchNotification(notification_id=str(data["notificationId"]), attempt=int(data.get("attempt", 1)))
+        except (ValueError, KeyError, TypeError):
+            obs.dead_lettered.add(1, {"channel": "unknown", "reason": "MalformedMessage"})
+            log.warning(
+                "a queue message that is not a dispatch request was dead-lettered",
+                extra={"event": "notify.dead_lettered", "channel": "unknown", "reason": "MalformedMessage"},
+            )
+            return handlers.DeadLettered("MalformedMessage", "The queue message is not a dispatch request.")
+        return _dispatch(cmd, svc)
+
+
+def _dispatch(cmd: DispatchNotification, svc: bootstrap.Services) -> handlers.DispatchOutcome:
     return handlers.dispatch(
         cmd,
         ledger=svc.ledger,
@@ -177,6 +206,16 @@ def accept_request_message(message: RequestMessage, svc: bootstrap.Services | No
     the attachment store being unreachable, raises, so the message is delivered again.
     """
     svc = svc or bootstrap.services()
+    queue = svc.settings.requests_queue
+    attributes = {"messaging.system": "servicebus", "messaging.destination.name": queue, "messaging.operation.type": "process"}
+    # A sender whose SDK stamped W3C trace context on the message sees its trace continue here.
+    with obs.span(
+        f"{queue} process", context=obs.extract(message.application_properties), kind=SpanKind.CONSUMER, attributes=attributes
+    ):
+        return _accept_request_message(message, svc)
+
+
+def _accept_request_message(message: RequestMessage, svc: bootstrap.Services) -> RequestAccepted | RequestRefused:
     key: Any = None
     properties: dict[str, Any] = {}
     for name, value in message.application_properties.items():

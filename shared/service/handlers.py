@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, TypeVar
+from typing import Callable, ContextManager, Iterator, TypeVar
+
+from opentelemetry.trace import Span, SpanKind
 
 from ..domain.commands import (
     ApplyDeliveryReports,
@@ -31,6 +36,7 @@ from ..domain.errors import (
     SendTimeout,
     TransientSendError,
 )
+from ..domain.privacy import recipient_domain, redact_text
 from ..domain.model import (
     OPT_OUT_REASON,
     Channel,
@@ -38,6 +44,8 @@ from ..domain.model import (
     DeliveryReport,
     Notification,
     NotificationStatus,
+    Recipient,
+    RecipientStatus,
     Suppression,
 )
 from .ports import (
@@ -56,6 +64,7 @@ from .ports import (
     SmsSender,
     SuppressionList,
 )
+from . import observability as obs
 from .retry import GiveUp, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,12 @@ T = TypeVar("T")
 
 
 def dispatch_message(
-    notification_id: str, attempt: int, *, scheduled_at: datetime | None = None, waiting_for: str | None = None
+    notification_id: str,
+    attempt: int,
+    *,
+    scheduled_at: datetime | None = None,
+    waiting_for: str | None = None,
+    traceparent: str | None = None,
 ) -> OutgoingMessage:
     """The queue message that asks the dispatcher to make ``attempt`` on a notification.
 
@@ -72,6 +86,9 @@ def dispatch_message(
     second copy of it. A message that only waits (for a lease to run out, for quota) carries the
     same attempt but an id of its own: two waits must never collide, or the second is dropped and
     the notification stranded.
+
+    The message carries W3C trace context in its application properties (the current span's, or
+    ``traceparent``), so the dispatcher's spans, and every retry's, join the request's trace.
     """
     message_id = f"{notification_id}:{attempt}"
     if waiting_for:
@@ -79,7 +96,7 @@ def dispatch_message(
     return OutgoingMessage(
         body={"notificationId": notification_id, "attempt": attempt},
         message_id=message_id,
-        application_properties={"notificationId": notification_id, "attempt": attempt},
+        application_properties={"notificationId": notification_id, "attempt": attempt, **obs.trace_properties(traceparent)},
         scheduled_at=scheduled_at,
     )
 
@@ -107,15 +124,28 @@ def submit_notification(
 ) -> tuple[Notification, bool]:
     """Record and queue a notification. Returns it and whether it is new (False: an earlier
     request with the same idempotency key already created it)."""
-    stored, created = _record(cmd, ledger=ledger, attachments=attachments, clock=clock)
-    if stored.queued_at is None:
-        # Also covers a first request that crashed between the ledger write and the enqueue.
-        # The next attempt: 1, unless a replay that stopped before its enqueue left it unqueued.
-        publisher.send(dispatch_message(stored.id, stored.attempts + 1))
-        stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
-    if created:
-        log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
+    attributes = {"notify.channel": cmd.channel.value, **obs.recipient_attributes(r.address for r in cmd.recipients)}
+    with obs.span("notify.submit", attributes=attributes) as span:
+        stored, created = _record(cmd, ledger=ledger, attachments=attachments, clock=clock)
+        span.set_attribute("notify.notification.id", stored.id)
+        span.set_attribute("notify.idempotent_replay", not created)
+        with obs.about(stored.id):
+            if stored.queued_at is None:
+                # Also covers a first request that crashed between the ledger write and the enqueue.
+                # The next attempt: 1, unless a replay that stopped before its enqueue left it unqueued.
+                publisher.send(dispatch_message(stored.id, stored.attempts + 1))
+                stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
+            if created:
+                _accepted(stored)
     return stored, created
+
+
+def _accepted(n: Notification) -> None:
+    obs.accepted.add(1, {"channel": n.channel.value})
+    log.info(
+        "notification %s accepted (%s, %d recipients)", n.id, n.channel, len(n.recipients),
+        extra={"event": "notify.accepted", "channel": n.channel.value},
+    )
 
 
 def _candidate(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: Clock) -> Notification:
@@ -142,6 +172,7 @@ def _candidate(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: 
         correlation_id=cmd.correlation_id,
         caller_properties=cmd.caller_properties,
         notification_id=notification_id,
+        trace_context=obs.current_traceparent(),
     )
 
 
@@ -165,6 +196,7 @@ def _record(cmd: SubmitNotification, *, ledger: Ledger, attachments: AttachmentS
     return stored, _settle(cmd, candidate, stored, attachments)
 
 
+@obs.in_span("notify.submit_batch", lambda cmds: {"notify.batch.size": len(cmds)})
 def submit_notifications(
     cmds: list[SubmitNotification],
     *,
@@ -209,7 +241,8 @@ def submit_notifications(
             if stored.queued_at is None:
                 fresh.append(stored)
             if created:
-                log.info("notification %s accepted (%s, %d recipients)", stored.id, stored.channel, len(stored.recipients))
+                with obs.about(stored.id):
+                    _accepted(stored)
         outcomes.append((stored, created))
 
     if fresh:
@@ -265,6 +298,30 @@ class DeadLettered:
 DispatchOutcome = Completed | Rescheduled | DeadLettered
 
 
+def _dispatch_span(handler: Callable[..., DispatchOutcome]) -> Callable[..., DispatchOutcome]:
+    """Runs ``dispatch`` in its span, with its outcome on it, and its log lines about its notification."""
+
+    @functools.wraps(handler)
+    def traced(cmd: DispatchNotification, **ports) -> DispatchOutcome:
+        attributes = {"notify.notification.id": cmd.notification_id, "notify.attempt": cmd.attempt}
+        with obs.about(cmd.notification_id), obs.span("notify.dispatch", attributes=attributes) as span:
+            outcome = handler(cmd, **ports)
+            span.set_attribute("notify.dispatch.outcome", type(outcome).__name__)
+            return outcome
+
+    return traced
+
+
+def _dead_lettered(nid: str, channel: str, reason: str, description: str) -> DeadLettered:
+    obs.dead_lettered.add(1, {"channel": channel, "reason": reason})
+    log.warning(
+        "notification %s dead-lettered: %s", nid, reason,
+        extra={"event": "notify.dead_lettered", "channel": channel, "reason": reason, "description": redact_text(description)},
+    )
+    return DeadLettered(reason, description)
+
+
+@_dispatch_span
 def dispatch(
     cmd: DispatchNotification,
     *,
@@ -284,7 +341,7 @@ def dispatch(
     nid = cmd.notification_id
     current = ledger.get(nid)
     if current is None:
-        return DeadLettered("NotificationNotFound", f"No notification {nid} in the ledger.")
+        return _dead_lettered(nid, "unknown", "NotificationNotFound", f"No notification {nid} in the ledger.")
     verdict = current.dispatch_verdict(cmd.attempt, clock.now())
     if verdict in ("done", "stale"):
         log.info("notification %s: message for attempt %d ignored (%s)", nid, cmd.attempt, verdict)
@@ -310,6 +367,8 @@ def dispatch(
         return "send"
 
     notification, verdict = _modify(ledger, nid, claim)
+    if listed and verdict in ("send", "done"):
+        obs.count_outcome(notification.channel.value, "suppressed", len(listed), source="suppression_list")
     if verdict == "wait":
         return _wait_for_lease(notification, cmd.attempt, publisher, clock)
     if verdict != "send":
@@ -335,8 +394,7 @@ def dispatch(
     decision = policy.decide(notification.attempts_in_chain, error)
     if isinstance(decision, GiveUp):
         _modify(ledger, nid, lambda n: n.mark_dead_lettered(clock.now(), decision.reason, decision.description))
-        log.warning("notification %s dead-lettered: %s", nid, decision.reason)
-        return DeadLettered(decision.reason, decision.description)
+        return _dead_lettered(nid, notification.channel.value, decision.reason, decision.description)
 
     # Enqueue the next attempt before recording this failure: a crash in between leaves a retry
     # that finds the lease expired, never a notification that nobody will send.
@@ -422,34 +480,36 @@ def _send_email(
 ) -> None:
     operation_id = notification.email_operation_id
     message_id = None
+    to, cc, bcc = _pending_addresses(notification)
     # An earlier attempt may have reached ACS before it failed or its worker died: ask ACS first,
     # because nothing documents that ACS drops a repeated Operation-Id.
     if notification.check_before_send:
-        message_id = sender.find_operation(operation_id)
+        with _acs_call("acs.email.find_operation", notification, []):
+            message_id = sender.find_operation(operation_id)
         notification.check_before_send = False  # settled, whatever the send below does
     if message_id is None:
         content = notification.content
-        to, cc, bcc = _pending_addresses(notification)
-        message_id = sender.send(
-            OutgoingEmail(
-                operation_id=operation_id,
-                sender=notification.sender,
-                to=to,
-                cc=cc,
-                bcc=bcc,
-                subject=content["subject"],
-                text=content.get("text"),
-                html=content.get("html"),
-                reply_to=[EmailAddress(**a) for a in content.get("replyTo", [])],
-                attachments=_load_attachments(notification, attachments),
-            )
+        email = OutgoingEmail(
+            operation_id=operation_id,
+            sender=notification.sender,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            subject=content["subject"],
+            text=content.get("text"),
+            html=content.get("html"),
+            reply_to=[EmailAddress(**a) for a in content.get("replyTo", [])],
+            attachments=_load_attachments(notification, attachments),
         )
+        with _acs_call("acs.email.send", notification, [a.address for a in to + cc + bcc], measure=True):
+            message_id = sender.send(email)
 
     def sent(n: Notification) -> None:
         n.finish_attempt()
         n.record_all_sent(clock.now(), message_id)
 
-    _modify(ledger, notification.id, sent)
+    recorded, _ = _modify(ledger, notification.id, sent)
+    obs.sent.add(sum(1 for r in recorded.recipients if r.message_id == message_id), {"channel": "email"})
     if notification.content.get("attachments"):
         # Handed to ACS and recorded: nothing sends this notification again, so its bytes are no
         # longer needed (the ledger keeps name, type, size and SHA-256).
@@ -460,29 +520,34 @@ def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clo
     first_sent = notification.first_attempt_at
     assert first_sent is not None  # set by start_attempt before any send
     pending = notification.pending_recipients()
-    results = sender.send(
-        OutgoingSms(
-            sender=notification.sender,
-            message=notification.content["message"],
-            recipients=[
-                SmsRecipientRequest(r.address, notification.sms_repeatability_id(r.address), first_sent) for r in pending
-            ],
-            tag=notification.id,
+    with _acs_call("acs.sms.send", notification, [r.address for r in pending], measure=True):
+        results = sender.send(
+            OutgoingSms(
+                sender=notification.sender,
+                message=notification.content["message"],
+                recipients=[
+                    SmsRecipientRequest(r.address, notification.sms_repeatability_id(r.address), first_sent) for r in pending
+                ],
+                tag=notification.id,
+            )
         )
-    )
     by_number = {e164(result.to): result for result in results if result.to}
     retryable: list[SendError] = []
+    tally: dict[str, int] = {}
 
     def record(n: Notification) -> None:
         retryable.clear()
+        tally.clear()
         now = clock.now()
         n.finish_attempt()
         for recipient in n.pending_recipients():
             result = by_number.get(recipient.address)
             if result is not None and result.error is None and result.message_id:
                 n.record_sent(now, recipient.address, result.message_id)
+                tally["sent"] = tally.get("sent", 0) + 1
             elif result is not None and isinstance(result.error, PermanentSendError):
                 n.record_recipient_refused(now, recipient.address, result.error)
+                tally["failed"] = tally.get("failed", 0) + 1
             elif result is not None and isinstance(result.error, SendError):
                 retryable.append(result.error)
             else:
@@ -491,8 +556,34 @@ def _send_sms(notification: Notification, sender: SmsSender, ledger: Ledger, clo
                 retryable.append(SendTimeout("ACS returned no result for a recipient"))
 
     _modify(ledger, notification.id, record)
+    obs.sent.add(tally.get("sent", 0), {"channel": "sms"})
+    obs.count_outcome("sms", "failed", tally.get("failed", 0), source="acs_refused")
     if retryable:
         raise retryable[0]
+
+
+@contextmanager
+def _acs_call(name: str, notification: Notification, addresses: list[str], *, measure: bool = False) -> Iterator[None]:
+    """A client span around one ACS call (and, for sends, its latency): the hop an operator follows
+    from the queue to ACS, with the recipients as keyed hashes."""
+    attributes = {
+        "notify.notification.id": notification.id,
+        "notify.channel": notification.channel.value,
+        "notify.attempt": notification.attempts,
+        "peer.service": "azure-communication-services",
+        **obs.recipient_attributes(addresses),
+    }
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        with obs.span(name, kind=SpanKind.CLIENT, attributes=attributes):
+            yield
+    except Exception as exc:
+        outcome = type(exc).__name__
+        raise
+    finally:
+        if measure:
+            obs.send_duration.record(time.perf_counter() - started, {"channel": notification.channel.value, "outcome": outcome})
 
 
 @dataclass
@@ -524,16 +615,23 @@ def apply_delivery_reports(
         if notification is None:
             continue
         per_notification.setdefault(notification.id, []).append(report)
-        if notification.apply_report(report, now):
+        with obs.about(notification.id), _report_span(notification, report) as span:
+            before = [r.status for r in notification.recipients]
+            if not notification.apply_report(report, now):
+                summary.duplicates += 1
+                span.set_attribute("notify.report.effect", "duplicate")
+                continue
             touched[notification.id] = notification
             summary.applied += 1
+            changed = [r for r, was in zip(notification.recipients, before) if r.status is not was]
+            span.set_attribute("notify.report.effect", "applied" if changed else "superseded")
+            for recipient in changed:
+                _recipient_outcome(notification, recipient, now)
             reason = f"{report.status}: {report.detail}" if report.detail else report.status
             to_suppress += [
                 Suppression(channel=notification.channel, address=a, reason=reason, created_at=now, notification_id=notification.id)
                 for a in notification.newly_suppressing(report)
             ]
-        else:
-            summary.duplicates += 1
     for lost in ledger.save_many(list(touched.values())):
         reports = per_notification[lost.id]
         _modify(ledger, lost.id, lambda n: [n.apply_report(r, clock.now()) for r in reports])
@@ -542,6 +640,43 @@ def apply_delivery_reports(
         suppressions.add(entry)
     summary.notifications = set(touched)
     return summary
+
+
+def _report_span(notification: Notification, report: DeliveryReport) -> ContextManager[Span]:
+    """A span per delivery report, in Event Grid's trace, linked to the trace that accepted the
+    notification: an operator can walk from the request to its outcome."""
+    attributes = {
+        "notify.notification.id": notification.id,
+        "notify.channel": notification.channel.value,
+        "notify.report.kind": report.kind,
+        "notify.report.status": report.status,
+        "notify.report.event_id": report.event_id,
+        **obs.recipient_attributes([report.recipient] if report.recipient else []),
+    }
+    return obs.span(
+        "notify.delivery_report", links=obs.link_to(notification.trace_context), attributes=attributes
+    )
+
+
+def _recipient_outcome(notification: Notification, recipient: Recipient, now: datetime) -> None:
+    """Metrics and one structured log line for a recipient whose status a report changed: what the
+    operations queries (docs/operations.md) count bounces by domain and slow deliveries from."""
+    channel, status = notification.channel.value, recipient.status.value
+    obs.count_outcome(channel, status)
+    took = obs.since(notification.created_at, now)
+    if recipient.status is RecipientStatus.DELIVERED:
+        obs.delivery_duration.record(took, {"channel": channel})
+    log.info(
+        "notification %s: a recipient is now %s after %.1fs", notification.id, status, took,
+        extra={
+            "event": "notify.recipient_status",
+            "channel": channel,
+            "status": status,
+            "recipientHash": obs.hash_recipient(recipient.address),
+            "recipientDomain": recipient_domain(recipient.address) or "",
+            "secondsSinceAccepted": round(took, 3),
+        },
+    )
 
 
 @dataclass
@@ -613,6 +748,7 @@ class Reconciled:
     alerts: list[FailureRateAlert] = field(default_factory=list)
 
 
+@obs.in_span("notify.reconcile")
 def reconcile(
     cmd: Reconcile,
     *,
@@ -630,8 +766,9 @@ def reconcile(
     summary.unconfirmed = len(changed)
 
     for notification in ledger.unqueued(accepted_before=cmd.requeue_before, limit=batch):
-        # The next attempt: 1 for an interrupted intake, later for an interrupted replay.
-        publisher.send(dispatch_message(notification.id, notification.attempts + 1))
+        # The next attempt: 1 for an interrupted intake, later for an interrupted replay; on the
+        # notification's own trace, which its delivery continues.
+        publisher.send(dispatch_message(notification.id, notification.attempts + 1, traceparent=notification.trace_context))
         _modify(ledger, notification.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
         summary.requeued += 1
 
@@ -664,6 +801,8 @@ def _failure_rate_alerts(ledger: Ledger, thresholds: FailureRateThresholds, now:
     alerts = []
     for name, figures in report["channels"].items():
         sent, rate = figures["sent"], figures["failureRate"]
+        if sent:
+            obs.failure_rate.set(rate, {"channel": name})
         level = thresholds.level(rate, sent)
         if level is None:
             continue

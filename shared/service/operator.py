@@ -29,6 +29,7 @@ from typing import Any, Callable, Literal
 
 from ..domain.commands import DeadLetterFilter, PurgeDeadLetters, ReplayDeadLetters
 from ..domain.model import AuditEntry, Channel, Notification, NotificationStatus, Suppression
+from . import observability as obs
 from .handlers import _modify as modify
 from .ports import Clock, DeadLetteredMessage, DeadLetterQueue, Ledger, MessagePublisher, OutgoingMessage, SuppressionList
 
@@ -256,7 +257,8 @@ def replay_message(n: Notification) -> OutgoingMessage:
     return OutgoingMessage(
         body=dict(fields),
         message_id=f"{n.id}:{attempt}:replay-{n.replay_count}",
-        application_properties=dict(fields),
+        # The replayed sends join the trace the notification was accepted in.
+        application_properties=dict(fields) | obs.trace_properties(n.trace_context),
     )
 
 

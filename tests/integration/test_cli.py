@@ -105,3 +105,20 @@ def test_suppression_changes_from_the_cli_are_in_the_audit_trail_under_the_os_us
     assert sorted(e["action"] for e in audit) == ["suppressions.add", "suppressions.remove"]
     assert {e["actor"] for e in audit} == {f"cli:{getpass.getuser()}"}
     assert {e["outcomes"][0]["outcome"] for e in audit} == {"added", "removed"}
+
+
+def test_an_operator_gets_the_hash_telemetry_knows_a_recipient_by_whatever_its_spelling(tmp_path):
+    from shared.domain.privacy import recipient_hash
+
+    key = "an-environment-key-0123456789abcdef"
+    env_key = {"PII_HASH_KEY": key}
+
+    def hashed(address):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ACS_", "NOTIFY_", "EMAIL_", "SMS_"))}
+        env |= SETTINGS | env_key | {"NOTIFY_DATA_DIR": str(tmp_path)}
+        result = subprocess.run([sys.executable, "-m", "shared", "hash-recipient", address], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert hashed("Jane@Example.com") == hashed("jane@example.com") == recipient_hash("jane@example.com", key)
+    assert hashed("+1 (425) 555-0123") == recipient_hash("+14255550123", key)

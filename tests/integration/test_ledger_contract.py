@@ -165,6 +165,17 @@ def test_an_added_notification_reads_back_equal_with_version_one(ledger, build):
     assert stored == original
 
 
+def test_the_trace_a_notification_was_accepted_in_survives_the_ledger(ledger):
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    original = email().model_copy(update={"trace_context": traceparent})
+
+    ledger.add(original)
+    stored = ledger.get(original.id)
+    ledger.save(stored)
+
+    assert ledger.get(original.id).trace_context == traceparent
+
+
 def test_getting_an_unknown_id_returns_none(ledger):
     ledger.add(email())
     assert ledger.get(str(uuid.uuid4())) is None

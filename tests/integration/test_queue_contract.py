@@ -255,6 +255,20 @@ def test_a_scheduled_message_stays_invisible_until_its_time(queue_factory, clock
     assert bodies(queue.receive(max_messages=10)) == ["later"]
 
 
+def test_a_scheduled_retry_reaches_the_dispatcher_with_the_trace_context_it_was_sent_with(queue_factory, clock):
+    from shared.service.handlers import dispatch_message
+
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    queue = queue_factory()
+    queue.send(dispatch_message("n-1", 2, scheduled_at=clock.now() + timedelta(seconds=30), traceparent=traceparent))
+
+    clock.advance(30)
+    [retry] = queue.receive()
+
+    assert retry.application_properties["traceparent"] == traceparent
+    assert retry.body == {"notificationId": "n-1", "attempt": 2}
+
+
 def test_a_locked_message_is_not_delivered_to_a_second_receiver(queue_factory):
     first_receiver, second_receiver = queue_factory(), queue_factory()
     first_receiver.send(message(1))
