@@ -191,11 +191,6 @@ class Settings(BaseSettings):
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
     reconcile_interval_seconds: float = Field(30.0, alias="RECONCILE_INTERVAL_SECONDS", gt=0)
 
-    @field_validator("applicationinsights_connection_string", "applicationinsights_authentication_string")
-    @classmethod
-    def _empty_is_unset(cls, value: str | None) -> str | None:
-        return value or None
-
     @field_validator("email_senders", "sms_senders", "entra_audiences", "entra_token_versions", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -217,7 +212,13 @@ class Settings(BaseSettings):
             raise ValueError("must be 1, 2 or 1,2: the Entra ID access token versions whose issuer is accepted")
         return sorted(set(value))
 
-    @field_validator("entra_tenant_id", "entra_jwks_url", "eventgrid_webhook_secret")
+    @field_validator(
+        "entra_tenant_id",
+        "entra_jwks_url",
+        "eventgrid_webhook_secret",
+        "applicationinsights_connection_string",
+        "applicationinsights_authentication_string",
+    )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

@@ -181,3 +181,13 @@ def test_app_roles_map_to_the_services_roles_by_default():
         "Notify.Operate": "operator",
         "Notify.EventGrid": "eventgrid",
     }
+
+
+def test_empty_telemetry_and_entra_settings_count_as_unset():
+    # App settings deployed as '' (a parameter left empty) must not switch exporters or auth on.
+    settings = settings_with(
+        APPLICATIONINSIGHTS_CONNECTION_STRING="", APPLICATIONINSIGHTS_AUTHENTICATION_STRING="", ENTRA_TENANT_ID=" "
+    )
+    assert settings.applicationinsights_connection_string is None
+    assert settings.applicationinsights_authentication_string is None
+    assert settings.entra_tenant_id is None
