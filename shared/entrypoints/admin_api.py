@@ -149,7 +149,8 @@ def register(
         openapi_extra={"requestBody": {"content": {"application/json": {"schema": ReplayRequest.model_json_schema(by_alias=True)}}}},
     )
     async def replay_dead_letters(request: Request) -> dict[str, Any]:
-        principal = caller(request, "operator")
+        # In the threadpool: checking an Entra token may fetch the key set.
+        principal = await run_in_threadpool(caller, request, "operator")
         svc = get_services()
         body = await _body(request, ReplayRequest, svc.settings.max_request_bytes)
         cmd = ReplayDeadLetters(
@@ -189,7 +190,8 @@ def register(
         openapi_extra={"requestBody": {"content": {"application/json": {"schema": NewSuppression.model_json_schema()}}}},
     )
     async def add_suppression(request: Request) -> Response:
-        principal = caller(request, "operator")
+        # In the threadpool: checking an Entra token may fetch the key set.
+        principal = await run_in_threadpool(caller, request, "operator")
         svc = get_services()
         body = await _body(request, NewSuppression, svc.settings.max_request_bytes)
         address = _address(body.channel, body.address, "/address")
