@@ -104,6 +104,18 @@ param statusEventsExampleSubscription bool = true
 @description('Create the Event Grid subscription to the apply_delivery_report function. False only for the first deployment, before the code is published (Event Grid checks that the function exists).')
 param subscribeDeliveryReports bool = true
 
+@description('ENTRA_AUDIENCES: the application ID URI (e.g. api://notify-prod) and/or client id of this environment\'s API app registration, comma-separated (docs/security.md).')
+param apiAudiences string
+
+@description('ENTRA_TENANT_ID: the tenant whose access tokens the API accepts.')
+param entraTenantId string = tenant().tenantId
+
+@description('ENTRA_TOKEN_VERSIONS: 2 (the API app registration requests v2 tokens), or 1,2.')
+param entraTokenVersions string = '2'
+
+@description('ENTRA_ROLE_MAP: app-role values of the API app registration mapped to the service roles.')
+param entraRoleMap string = 'Notify.Send=sender,Notify.Operate=operator,Notify.EventGrid=eventgrid'
+
 @description('The key of the recipient hashes in telemetry (PII_HASH_KEY): openssl rand -base64 32, kept per environment (docs/operations.md).')
 @secure()
 @minLength(32)
@@ -215,6 +227,10 @@ module functionApp 'modules/functionapp.bicep' = {
     emailWarmupHourly: emailWarmupHourly
     deliveryReportDeadlineSeconds: deliveryReportDeadlineSeconds
     retentionDays: retentionDays
+    entraTenantId: entraTenantId
+    entraAudiences: apiAudiences
+    entraTokenVersions: entraTokenVersions
+    entraRoleMap: entraRoleMap
     statusEventsTopicEndpoint: statusEvents.outputs.endpoint
     statusEventTypePrefix: statusEventTypePrefix
     statusEventSource: '/notify/${environmentName}'

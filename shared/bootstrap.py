@@ -96,6 +96,14 @@ class Services:
         return JinjaTemplates(folder if folder.is_absolute() else Path(__file__).resolve().parents[1] / folder)
 
     @cached_property
+    def entra_tokens(self):
+        """The Entra ID token validator (its JWKS cache lives as long as the process), or None
+        when no tenant is configured (the local stack with dev keys only)."""
+        from .entrypoints.auth import EntraTokenValidator
+
+        return EntraTokenValidator.from_settings(self.settings)
+
+    @cached_property
     def azure_credential(self):
         """One credential for every Azure client: the managed identity in Azure, a developer's
         sign-in locally (DefaultAzureCredential tries them in turn)."""

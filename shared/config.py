@@ -19,6 +19,19 @@ from .domain.privacy import DEV_PII_HASH_KEY
 
 ROLES = ("sender", "operator", "eventgrid")
 
+#: App-role values (the ``roles`` claim of an Entra ID token) mapped to the service's roles unless
+#: ENTRA_ROLE_MAP says otherwise; docs/security.md lists the app roles to create.
+DEFAULT_ENTRA_ROLE_MAP = "Notify.Send=sender,Notify.Operate=operator,Notify.EventGrid=eventgrid"
+#: ACS's own limits per send request: a setting may lower them, never raise them.
+ACS_EMAIL_MAX_RECIPIENTS = 50
+ACS_SMS_MAX_RECIPIENTS = 100
+ACS_SMS_MAX_CHARS = 2048
+#: RFC 5322's line limit: a longer subject cannot be written as one header line.
+RFC5322_LINE_CHARS = 998
+#: Below this an Event Grid webhook secret is guessable enough to matter.
+MIN_WEBHOOK_SECRET_CHARS = 32
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
 #: ACS's limit on one email request, attachments included (its documents say 10 MB).
 ACS_EMAIL_REQUEST_BYTES = 10 * 1024 * 1024
 #: Attachment types accepted unless ATTACHMENT_CONTENT_TYPES says otherwise: common documents,
@@ -48,6 +61,25 @@ class Settings(BaseSettings):
     # Where the service runs. "local" allows the static dev keys; "azure" refuses them.
     environment: Literal["local", "azure"] = Field("local", alias="NOTIFY_ENVIRONMENT")
     dev_keys: str = Field("", alias="NOTIFY_DEV_KEYS")
+
+    # Entra ID access tokens (required in Azure): the tenant that issues them, the audiences that
+    # name this API (its application ID URI and/or client id), the token versions whose issuer is
+    # accepted, and how app roles in the token map to the service's roles. docs/security.md.
+    entra_tenant_id: str | None = Field(None, alias="ENTRA_TENANT_ID")
+    entra_audiences: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="ENTRA_AUDIENCES")
+    entra_token_versions: Annotated[list[str], NoDecode] = Field(["2"], alias="ENTRA_TOKEN_VERSIONS")
+    entra_role_map: str = Field(DEFAULT_ENTRA_ROLE_MAP, alias="ENTRA_ROLE_MAP")
+    # Empty: the tenant's JWKS at login.microsoftonline.com. Set for a sovereign cloud (or a test).
+    entra_jwks_url: str | None = Field(None, alias="ENTRA_JWKS_URL")
+    # Signing keys are cached this long; a token signed with a key not in the cache refetches
+    # them, at most once per ENTRA_JWKS_REFRESH_COOLDOWN_SECONDS, so made-up key ids cannot turn
+    # every request into a fetch.
+    entra_jwks_cache_seconds: int = Field(3600, alias="ENTRA_JWKS_CACHE_SECONDS", ge=60, le=86400)
+    entra_jwks_refresh_cooldown_seconds: int = Field(30, alias="ENTRA_JWKS_REFRESH_COOLDOWN_SECONDS", ge=0, le=3600)
+
+    # The Event Grid webhook (/api/events) also accepts this shared secret, in the
+    # X-Notify-Webhook-Secret header or the webhookSecret query parameter; empty turns it off.
+    eventgrid_webhook_secret: str | None = Field(None, alias="EVENTGRID_WEBHOOK_SECRET")
     data_dir: Path = Field(Path(".data"), alias="NOTIFY_DATA_DIR")
 
     # sqlite / embedded: the local stack. table / servicebus: Azure, with the managed identity.
@@ -80,6 +112,20 @@ class Settings(BaseSettings):
     delivery_report_deadline_seconds: int = Field(3600, alias="DELIVERY_REPORT_DEADLINE_SECONDS", ge=1)
     # ACS's email limit: a request with attachments that ACS would take fits.
     max_request_bytes: int = Field(ACS_EMAIL_REQUEST_BYTES, alias="MAX_REQUEST_BYTES", ge=1024)
+
+    # Input limits, checked at intake (422 naming the field). docs/security.md explains each default.
+    email_max_recipients: int = Field(ACS_EMAIL_MAX_RECIPIENTS, alias="EMAIL_MAX_RECIPIENTS", ge=1, le=ACS_EMAIL_MAX_RECIPIENTS)
+    sms_max_recipients: int = Field(ACS_SMS_MAX_RECIPIENTS, alias="SMS_MAX_RECIPIENTS", ge=1, le=ACS_SMS_MAX_RECIPIENTS)
+    subject_max_chars: int = Field(RFC5322_LINE_CHARS, alias="SUBJECT_MAX_CHARS", ge=1, le=RFC5322_LINE_CHARS)
+    # UTF-8 bytes. Mail clients clip long messages (Gmail at about 100 KB of HTML); these bound
+    # what one request can make the ledger and ACS carry.
+    email_text_max_bytes: int = Field(256 * 1024, alias="EMAIL_TEXT_MAX_BYTES", ge=1)
+    email_html_max_bytes: int = Field(1024 * 1024, alias="EMAIL_HTML_MAX_BYTES", ge=1)
+    sms_max_chars: int = Field(ACS_SMS_MAX_CHARS, alias="SMS_MAX_CHARS", ge=1, le=ACS_SMS_MAX_CHARS)
+    display_name_max_chars: int = Field(256, alias="DISPLAY_NAME_MAX_CHARS", ge=1, le=RFC5322_LINE_CHARS)
+    # At least 128: on the requests queue a Service Bus message id (up to 128) stands in for the key.
+    idempotency_key_max_chars: int = Field(200, alias="IDEMPOTENCY_KEY_MAX_CHARS", ge=128, le=1024)
+    metadata_max_bytes: int = Field(4096, alias="METADATA_MAX_BYTES", ge=2)
 
     # Email attachments. 7 MiB of content is 9.3 MiB once base64-encoded, which leaves room in
     # ACS's 10 MB request for the body. 0 attachments (or no types) turns attachments off.
@@ -145,12 +191,7 @@ class Settings(BaseSettings):
     queue_max_delivery_count: int = Field(10, alias="QUEUE_MAX_DELIVERY_COUNT", ge=1)
     reconcile_interval_seconds: float = Field(30.0, alias="RECONCILE_INTERVAL_SECONDS", gt=0)
 
-    @field_validator("applicationinsights_connection_string", "applicationinsights_authentication_string")
-    @classmethod
-    def _empty_is_unset(cls, value: str | None) -> str | None:
-        return value or None
-
-    @field_validator("email_senders", "sms_senders", mode="before")
+    @field_validator("email_senders", "sms_senders", "entra_audiences", "entra_token_versions", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -162,6 +203,45 @@ class Settings(BaseSettings):
     def _at_least_one(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("needs at least one sender; the first is the default")
+        return value
+
+    @field_validator("entra_token_versions")
+    @classmethod
+    def _token_versions(cls, value: list[str]) -> list[str]:
+        if not value or set(value) - {"1", "2"}:
+            raise ValueError("must be 1, 2 or 1,2: the Entra ID access token versions whose issuer is accepted")
+        return sorted(set(value))
+
+    @field_validator(
+        "entra_tenant_id",
+        "entra_jwks_url",
+        "eventgrid_webhook_secret",
+        "applicationinsights_connection_string",
+        "applicationinsights_authentication_string",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("entra_tenant_id")
+    @classmethod
+    def _tenant(cls, value: str | None) -> str | None:
+        if value is not None and not _GUID.fullmatch(value):
+            raise ValueError("must be the tenant id (a GUID), which Entra ID writes into the token's issuer")
+        return value.lower() if value else None
+
+    @field_validator("entra_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in ("https", "http"):
+            raise ValueError("must be an https URL")
+        return value
+
+    @field_validator("eventgrid_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < MIN_WEBHOOK_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_WEBHOOK_SECRET_CHARS} characters (or empty to turn it off)")
         return value
 
     @field_validator("status_event_subscribers", mode="before")
@@ -246,6 +326,15 @@ class Settings(BaseSettings):
                 raise ValueError("STATUS_EVENTS_TOPIC_ENDPOINT must be the https endpoint of the Event Grid topic in Azure")
             if self.status_event_subscribers:
                 raise ValueError("STATUS_EVENT_SUBSCRIBERS is for the local stack; in Azure subscribe to the Event Grid topic")
+            # Without Entra ID nobody could call the API: dev keys are refused above.
+            if not self.entra_tenant_id:
+                raise ValueError("ENTRA_TENANT_ID is required when NOTIFY_ENVIRONMENT=azure: callers present Entra ID tokens")
+            if self.entra_jwks_url and not self.entra_jwks_url.startswith("https://"):
+                raise ValueError("ENTRA_JWKS_URL must be https in Azure")
+        if self.entra_tenant_id and not self.entra_audiences:
+            raise ValueError("ENTRA_AUDIENCES is required with ENTRA_TENANT_ID: the API's application ID URI and/or client id")
+        if self.entra_audiences and not self.entra_tenant_id:
+            raise ValueError("ENTRA_TENANT_ID is required with ENTRA_AUDIENCES")
         if self.ledger_backend == "table" and not (self.tables_endpoint or self.tables_connection_string):
             raise ValueError("LEDGER_BACKEND=table needs TABLES_ENDPOINT (or TABLES_CONNECTION_STRING for Azurite)")
         if self.ledger_backend == "table" and not self.attachments_container_url:
@@ -253,6 +342,7 @@ class Settings(BaseSettings):
         if self.queue_backend == "servicebus" and not self.servicebus_namespace:
             raise ValueError("QUEUE_BACKEND=servicebus needs ServiceBusConnection__fullyQualifiedNamespace")
         self.parsed_dev_keys()  # fail at start-up, not on the first request
+        self.parsed_entra_role_map()
         self.quotas()
         return self
 
@@ -279,6 +369,30 @@ class Settings(BaseSettings):
                 raise ValueError(f"NOTIFY_DEV_KEYS entries must be role=key with role one of {', '.join(ROLES)}")
             keys[key] = role
         return keys
+
+    def parsed_entra_role_map(self) -> dict[str, str]:
+        """Map app-role value -> service role from ``AppRole=role,AppRole=role``."""
+        mapping: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.entra_role_map.split(","))):
+            app_role, sep, role = (part.strip() for part in pair.partition("="))
+            if not sep or not app_role or role not in ROLES:
+                raise ValueError(f"ENTRA_ROLE_MAP entries must be AppRole=role with role one of {', '.join(ROLES)}")
+            mapping[app_role] = role
+        return mapping
+
+    @property
+    def entra_issuers(self) -> list[str]:
+        """The issuers accepted: one per configured token version, both naming the tenant."""
+        tenant = self.entra_tenant_id
+        by_version = {"1": f"https://sts.windows.net/{tenant}/", "2": f"https://login.microsoftonline.com/{tenant}/v2.0"}
+        return [by_version[v] for v in self.entra_token_versions] if tenant else []
+
+    @property
+    def entra_keys_url(self) -> str | None:
+        if self.entra_jwks_url:
+            return self.entra_jwks_url
+        tenant = self.entra_tenant_id
+        return f"https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys" if tenant else None
 
     @property
     def default_email_sender(self) -> str:

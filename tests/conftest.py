@@ -29,10 +29,9 @@ SETTINGS = dict(
 )
 
 
-@pytest.fixture
-def faked_services():
-    """Process-wide services with every port faked; restored after the test."""
-    services = bootstrap.Services(Settings(**SETTINGS))
+def fake_services(**overrides: str) -> bootstrap.Services:
+    """Services built from SETTINGS (and ``overrides``) with every port faked."""
+    services = bootstrap.Services(Settings(**(SETTINGS | overrides)))
     services.clock = FakeClock()
     services.ledger = FakeLedger()
     services.queue = FakeQueue()
@@ -42,6 +41,13 @@ def faked_services():
     services.suppressions = FakeSuppressionList()
     services.rate_limiter = UnlimitedRateLimiter()
     services.policy = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
+    return services
+
+
+@pytest.fixture
+def faked_services():
+    """Process-wide services with every port faked; restored after the test."""
+    services = fake_services()
     bootstrap.use(services)
     yield services
     bootstrap.use(None)

@@ -359,6 +359,9 @@ def azure_settings(monkeypatch) -> dict[str, str]:
         "TABLES_ENDPOINT": "https://stnotifyprod.table.core.windows.net",
         "ATTACHMENTS_CONTAINER_URL": "https://stnotifyprod.blob.core.windows.net/attachments",
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-notify-prod.servicebus.windows.net",
+        "ENTRA_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+        "ENTRA_AUDIENCES": "api://notify-prod",
+        "ENTRA_TOKEN_VERSIONS": "2",
         "PII_HASH_KEY": "yJ3wq0mC4tV8pX1sN6bE9rK2fH5gL7dA0zQ3uW8iO1c=",
         "STATUS_EVENTS_TOPIC_ENDPOINT": "https://evgt-notify-prod.westeurope-1.eventgrid.azure.net/api/events",
     }

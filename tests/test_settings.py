@@ -10,6 +10,9 @@ from shared.config import SettingsError, load_settings
 from tests.conftest import ROOT, SETTINGS
 
 
+TENANT = "11111111-2222-3333-4444-555555555555"
+
+
 def settings_with(**changes):
     values = {**SETTINGS, **changes}
     return load_settings(**{k: v for k, v in values.items() if v is not None})
@@ -35,6 +38,25 @@ def settings_with(**changes):
         ({"ATTACHMENTS_MAX_COUNT": "-1"}, "ATTACHMENTS_MAX_COUNT"),
         ({"ATTACHMENTS_MAX_TOTAL_BYTES": "0"}, "ATTACHMENTS_MAX_TOTAL_BYTES"),
         ({"ATTACHMENTS_CONTAINER_URL": "notify.blob.core.windows.net"}, "ATTACHMENTS_CONTAINER_URL"),
+        ({"ENTRA_TENANT_ID": "contoso.onmicrosoft.com", "ENTRA_AUDIENCES": "api://notify"}, "ENTRA_TENANT_ID"),
+        ({"ENTRA_TENANT_ID": TENANT}, "ENTRA_AUDIENCES"),
+        ({"ENTRA_AUDIENCES": "api://notify"}, "ENTRA_TENANT_ID"),
+        ({"ENTRA_TOKEN_VERSIONS": "3"}, "ENTRA_TOKEN_VERSIONS"),
+        ({"ENTRA_ROLE_MAP": "Notify.Send=admin"}, "ENTRA_ROLE_MAP"),
+        ({"ENTRA_ROLE_MAP": "Notify.Send"}, "ENTRA_ROLE_MAP"),
+        ({"ENTRA_JWKS_URL": "file:///etc/keys.json"}, "ENTRA_JWKS_URL"),
+        ({"ENTRA_JWKS_CACHE_SECONDS": "0"}, "ENTRA_JWKS_CACHE_SECONDS"),
+        ({"EVENTGRID_WEBHOOK_SECRET": "short"}, "EVENTGRID_WEBHOOK_SECRET"),
+        # A limit may be lowered, never raised past what ACS or RFC 5322 takes.
+        ({"EMAIL_MAX_RECIPIENTS": "51"}, "EMAIL_MAX_RECIPIENTS"),
+        ({"SMS_MAX_RECIPIENTS": "101"}, "SMS_MAX_RECIPIENTS"),
+        ({"SMS_MAX_CHARS": "2049"}, "SMS_MAX_CHARS"),
+        ({"SUBJECT_MAX_CHARS": "999"}, "SUBJECT_MAX_CHARS"),
+        ({"EMAIL_TEXT_MAX_BYTES": "0"}, "EMAIL_TEXT_MAX_BYTES"),
+        ({"EMAIL_HTML_MAX_BYTES": "-1"}, "EMAIL_HTML_MAX_BYTES"),
+        ({"DISPLAY_NAME_MAX_CHARS": "0"}, "DISPLAY_NAME_MAX_CHARS"),
+        ({"IDEMPOTENCY_KEY_MAX_CHARS": "127"}, "IDEMPOTENCY_KEY_MAX_CHARS"),
+        ({"METADATA_MAX_BYTES": "1"}, "METADATA_MAX_BYTES"),
         ({"STATUS_EVENT_SUBSCRIBERS": "http://127.0.0.1:9000/hook,localhost:9001"}, "STATUS_EVENT_SUBSCRIBERS"),
         ({"STATUS_EVENTS_TOPIC_ENDPOINT": "mytopic.westeurope-1.eventgrid.azure.net"}, "STATUS_EVENTS_TOPIC_ENDPOINT"),
         ({"STATUS_EVENT_TYPE_PREFIX": "Notify."}, "STATUS_EVENT_TYPE_PREFIX"),
@@ -59,6 +81,8 @@ def test_the_api_process_does_not_start_with_an_invalid_setting():
 
 AZURE = {
     "NOTIFY_ENVIRONMENT": "azure",
+    "ENTRA_TENANT_ID": TENANT,
+    "ENTRA_AUDIENCES": "api://notify-prod",
     "NOTIFY_DEV_KEYS": "",
     "ACS_ACCESS_KEY": None,
     "LEDGER_BACKEND": "table",
@@ -84,6 +108,9 @@ def test_a_complete_azure_configuration_with_no_secrets_is_accepted():
         ({"LEDGER_BACKEND": "sqlite"}, "LEDGER_BACKEND"),
         ({"QUEUE_BACKEND": "embedded"}, "QUEUE_BACKEND"),
         ({"NOTIFY_DEV_KEYS": "sender=abc"}, "NOTIFY_DEV_KEYS"),
+        ({"ENTRA_TENANT_ID": None, "ENTRA_AUDIENCES": None}, "ENTRA_TENANT_ID"),
+        ({"ENTRA_AUDIENCES": None}, "ENTRA_AUDIENCES"),
+        ({"ENTRA_JWKS_URL": "http://keys.example.com/keys"}, "ENTRA_JWKS_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": None}, "ATTACHMENTS_CONTAINER_URL"),
         ({"ATTACHMENTS_CONTAINER_URL": "http://notify.blob.core.windows.net/attachments"}, "ATTACHMENTS_CONTAINER_URL"),
         ({"PII_HASH_KEY": None}, "PII_HASH_KEY"),
@@ -136,3 +163,31 @@ def test_attachment_limits_default_to_what_fits_acs_10_mb_email_request():
 def test_attachment_content_types_are_a_comma_list_compared_in_lower_case():
     settings = settings_with(ATTACHMENT_CONTENT_TYPES=" Application/PDF , text/plain,")
     assert settings.attachment_content_types == ["application/pdf", "text/plain"]
+
+
+def test_in_azure_the_tenants_v2_issuer_and_keys_are_trusted_and_nothing_else():
+    settings = settings_with(**AZURE)
+    assert settings.entra_issuers == [f"https://login.microsoftonline.com/{TENANT}/v2.0"]
+    assert settings.entra_keys_url == f"https://login.microsoftonline.com/{TENANT}/discovery/v2.0/keys"
+    assert settings_with(**AZURE, ENTRA_TOKEN_VERSIONS="1,2").entra_issuers == [
+        f"https://sts.windows.net/{TENANT}/",
+        f"https://login.microsoftonline.com/{TENANT}/v2.0",
+    ]
+
+
+def test_app_roles_map_to_the_services_roles_by_default():
+    assert settings_with().parsed_entra_role_map() == {
+        "Notify.Send": "sender",
+        "Notify.Operate": "operator",
+        "Notify.EventGrid": "eventgrid",
+    }
+
+
+def test_empty_telemetry_and_entra_settings_count_as_unset():
+    # App settings deployed as '' (a parameter left empty) must not switch exporters or auth on.
+    settings = settings_with(
+        APPLICATIONINSIGHTS_CONNECTION_STRING="", APPLICATIONINSIGHTS_AUTHENTICATION_STRING="", ENTRA_TENANT_ID=" "
+    )
+    assert settings.applicationinsights_connection_string is None
+    assert settings.applicationinsights_authentication_string is None
+    assert settings.entra_tenant_id is None

@@ -6,6 +6,9 @@ param environmentName = 'dev'
 param dataLocation = 'Europe'
 param alertEmail = 'notify-dev-alerts@example.com'
 
+// The application ID URI of dev's API app registration (docs/security.md, "App registration").
+param apiAudiences = 'api://notify-dev'
+
 // The toll-free number bought on dev's ACS resource (docs/deploy.md, "Prerequisites").
 param smsSenders = '+18005550100'
 

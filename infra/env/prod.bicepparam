@@ -25,6 +25,9 @@ param emailSenderUsernames = [
 param emailWarmupStart = ''
 param emailWarmupHourly = ''
 
+// The application ID URI of prod's API app registration (docs/security.md, "App registration").
+param apiAudiences = 'api://notify-prod'
+
 // The toll-free number bought on prod's ACS resource.
 param smsSenders = '+18005550102'
 

@@ -17,6 +17,9 @@ param emailSenderUsernames = [
   }
 ]
 
+// The application ID URI of staging's API app registration (docs/security.md, "App registration").
+param apiAudiences = 'api://notify-staging'
+
 // The toll-free number bought on staging's ACS resource.
 param smsSenders = '+18005550101'
 

@@ -68,6 +68,17 @@ param emailWarmupHourly string
 param deliveryReportDeadlineSeconds int
 param retentionDays int
 
+@description('ENTRA_TENANT_ID: the tenant whose access tokens the API accepts.')
+param entraTenantId string
+
+@description('ENTRA_AUDIENCES: the API app registration\'s application ID URI and/or client id, comma-separated.')
+param entraAudiences string
+
+@description('ENTRA_TOKEN_VERSIONS: 2, or 1,2 when callers still get v1 tokens (docs/security.md).')
+param entraTokenVersions string
+
+@description('ENTRA_ROLE_MAP: AppRole=role pairs, role one of sender, operator, eventgrid.')
+param entraRoleMap string
 @description('STATUS_EVENTS_TOPIC_ENDPOINT: the Event Grid custom topic status events go to.')
 param statusEventsTopicEndpoint string
 
@@ -135,7 +146,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     // checkov:skip=CKV_AZURE_212:Flex Consumption has no fixed instance count: it scales per function from zero, and zone redundancy (zoneRedundant) keeps two always-ready instances per group.
     // checkov:skip=CKV_AZURE_213:Flex Consumption does not support the platform health check; the smoke test probes GET /api/health, and the function failure-rate alert catches a failing app.
-    // checkov:skip=CKV_AZURE_16:The API authenticates every route itself (bearer keys with roles, README "Dev keys"); App Service Authentication in front would be a second scheme.
+    // checkov:skip=CKV_AZURE_16:The API validates Entra ID access tokens on every route itself (roles, audience, issuer; docs/security.md); App Service Authentication in front would be a second scheme.
     // checkov:skip=CKV_AZURE_17:Callers are internal apps with bearer tokens; client certificates are not part of the contract.
     // checkov:skip=CKV_AZURE_222:No VNet in this deployment: internal apps call the API over HTTPS and authenticate. Put it behind a private endpoint or Front Door with VNet integration to close it.
     serverFarmId: plan.id
@@ -206,8 +217,44 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           value: 'azure'
         }
         {
-          // No static keys in Azure.
+          // No static keys in Azure: callers present Entra ID access tokens (docs/security.md).
           name: 'NOTIFY_DEV_KEYS'
+          value: ''
+        }
+        {
+          name: 'ENTRA_TENANT_ID'
+          value: entraTenantId
+        }
+        {
+          name: 'ENTRA_AUDIENCES'
+          value: entraAudiences
+        }
+        {
+          name: 'ENTRA_TOKEN_VERSIONS'
+          value: entraTokenVersions
+        }
+        {
+          name: 'ENTRA_ROLE_MAP'
+          value: entraRoleMap
+        }
+        {
+          // Empty: the tenant's JWKS at login.microsoftonline.com.
+          name: 'ENTRA_JWKS_URL'
+          value: ''
+        }
+        {
+          name: 'ENTRA_JWKS_CACHE_SECONDS'
+          value: '3600'
+        }
+        {
+          name: 'ENTRA_JWKS_REFRESH_COOLDOWN_SECONDS'
+          value: '30'
+        }
+        {
+          // Delivery reports reach the Event Grid trigger, not the /api/events webhook, so no
+          // secret is needed. A subscription to the webhook authenticates with an Entra token
+          // (deliveryWithResourceIdentity) or with a secret set here as a Key Vault reference.
+          name: 'EVENTGRID_WEBHOOK_SECRET'
           value: ''
         }
         {
@@ -270,6 +317,43 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           // ACS's 10 MB email request limit: a request ACS would take, attachments included.
           name: 'MAX_REQUEST_BYTES'
           value: '10485760'
+        }
+        // --- Input limits (docs/security.md); the app refuses values above ACS's own limits.
+        {
+          name: 'EMAIL_MAX_RECIPIENTS'
+          value: '50'
+        }
+        {
+          name: 'SMS_MAX_RECIPIENTS'
+          value: '100'
+        }
+        {
+          name: 'SUBJECT_MAX_CHARS'
+          value: '998'
+        }
+        {
+          name: 'EMAIL_TEXT_MAX_BYTES'
+          value: '262144'
+        }
+        {
+          name: 'EMAIL_HTML_MAX_BYTES'
+          value: '1048576'
+        }
+        {
+          name: 'SMS_MAX_CHARS'
+          value: '2048'
+        }
+        {
+          name: 'DISPLAY_NAME_MAX_CHARS'
+          value: '256'
+        }
+        {
+          name: 'IDEMPOTENCY_KEY_MAX_CHARS'
+          value: '200'
+        }
+        {
+          name: 'METADATA_MAX_BYTES'
+          value: '4096'
         }
         {
           // A subset of ACS's allowed types; no macro-enabled Office files, no SVG.

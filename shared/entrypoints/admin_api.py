@@ -20,7 +20,7 @@ from ..domain.errors import FieldError, InvalidRequest
 from ..domain.model import Channel, Suppression
 from ..service import operator
 from .auth import Principal
-from .problems import problem
+from .problems import problem, problem_responses
 from .schemas import normalise_e164, normalise_email
 
 MAX_LIMIT = 1000
@@ -113,7 +113,7 @@ def register(
         )
         return {"deadLetters": [d.summary() for d in found]}
 
-    @api.get("/api/admin/dead-letters/{dead_letter_id}", tags=["operations"])
+    @api.get("/api/admin/dead-letters/{dead_letter_id}", tags=["operations"], responses=problem_responses(404))
     def get_dead_letter(dead_letter_id: str, request: Request) -> Response:
         caller(request, "operator")
         svc = get_services()
@@ -145,6 +145,7 @@ def register(
     @api.post(
         "/api/admin/dead-letters/replay",
         tags=["operations"],
+        responses=problem_responses(400, 413, 415, 422),
         openapi_extra={"requestBody": {"content": {"application/json": {"schema": ReplayRequest.model_json_schema(by_alias=True)}}}},
     )
     async def replay_dead_letters(request: Request) -> dict[str, Any]:
@@ -181,6 +182,10 @@ def register(
     @api.post(
         "/api/admin/suppressions",
         tags=["operations"],
+        responses={
+            201: {"description": "Added to the suppression list", "content": {"application/json": {"schema": {"type": "object"}}}},
+            **problem_responses(400, 413, 415, 422),
+        },
         openapi_extra={"requestBody": {"content": {"application/json": {"schema": NewSuppression.model_json_schema()}}}},
     )
     async def add_suppression(request: Request) -> Response:
@@ -198,7 +203,9 @@ def register(
         location = f"/api/admin/suppressions/{body.channel.value}/{address}"
         return JSONResponse(view | {"added": added}, status_code=201 if added else 200, headers={"Location": location})
 
-    @api.delete("/api/admin/suppressions/{channel}/{address}", tags=["operations"], status_code=204)
+    @api.delete(
+        "/api/admin/suppressions/{channel}/{address}", tags=["operations"], status_code=204, responses=problem_responses(404, 422)
+    )
     def remove_suppression(channel: str, address: str, request: Request) -> Response:
         principal = caller(request, "operator")
         svc = get_services()

@@ -22,10 +22,20 @@ from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyC
 from ..domain.model import Channel, Notification
 from ..service import handlers
 from . import admin_api, dashboard, triggers
-from .auth import Forbidden, Principal, Unauthenticated, authenticate, authorize
+from .auth import (
+    WEBHOOK_SECRET_HEADER,
+    WEBHOOK_SECRET_QUERY,
+    AuthenticationUnavailable,
+    Forbidden,
+    Principal,
+    Unauthenticated,
+    authenticate,
+    authenticate_webhook,
+    authorize,
+)
 from .eventgrid import read_events
-from .intake import MAX_IDEMPOTENCY_KEY_LENGTH, Envelope, openapi_request_schema, parse_request
-from .problems import problem
+from .intake import Envelope, idempotency_key_error, openapi_component_schemas, openapi_request_schema, parse_request
+from .problems import PROBLEM_SCHEMA, problem, problem_responses
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +69,15 @@ async def _json_body(request: Request, limit: int) -> Any:
     if not _is_json(request.headers.get("content-type")):
         raise _UnsupportedMediaType()
     try:
-        return json.loads(body)
+        document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _Malformed(str(exc)) from None
+    try:
+        # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 store or SDK can carry.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Malformed("a string holds a lone surrogate escape (\\ud800-\\udfff), which is not Unicode text") from None
+    return document
 
 
 def notification_view(n: Notification) -> dict[str, Any]:
@@ -146,8 +162,8 @@ def _parse_batch_item(item: Any, svc: bootstrap.Services, caller_id: str) -> Sub
     if "idempotencyKey" in item:
         item = dict(item)
         key = item.pop("idempotencyKey")
-        if not isinstance(key, str) or not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
-            key_errors.append(FieldError("/idempotencyKey", f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"))
+        if (message := idempotency_key_error(key, svc.settings.idempotency_key_max_chars)) is not None:
+            key_errors.append(FieldError("/idempotencyKey", message))
             key = None
     try:
         cmd = parse_request(item, settings=svc.settings, templates=svc.templates, caller=caller_id, envelope=Envelope(idempotency_key=key))
@@ -201,8 +217,8 @@ def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
             "idempotencyKey": {
                 "type": "string",
                 "minLength": 1,
-                "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
-                "description": "This item's Idempotency-Key (scoped to the caller, like the header); not part of the body",
+                "description": "This item's Idempotency-Key (scoped to the caller, like the header; at most "
+                "IDEMPOTENCY_KEY_MAX_CHARS characters, no control characters); not part of the body",
             }
         },
     }
@@ -212,18 +228,9 @@ def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
         "additionalProperties": False,
         "properties": {"notifications": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS, "items": item}},
     }
-    problem_schema = {
-        "description": "RFC 9457 problem details, as the single route would answer for this notification",
-        "type": "object",
-        "properties": {
-            **{k: {"type": "integer" if k == "status" else "string"} for k in ("type", "title", "status", "detail")},
-            "errors": {
-                "type": "array",
-                "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}},
-            },
-            "existingId": {"type": "string"},
-        },
-    }
+    problem_schema = {"description": "RFC 9457 problem details, as the single route would answer for this notification"}
+    problem_schema |= PROBLEM_SCHEMA
+
     result = {
         "type": "object",
         "required": ["index", "status"],
@@ -247,6 +254,49 @@ def openapi_batch_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     return request, response
 
 
+ACCEPTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "status", "channel", "location"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string"},
+        "channel": {"type": "string", "enum": ["email", "sms"]},
+        "location": {"type": "string"},
+    },
+}
+
+NOTIFICATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "channel", "status", "recipients", "history", "contentHash"],
+    "properties": {
+        "id": {"type": "string"},
+        "channel": {"type": "string", "enum": ["email", "sms"]},
+        "status": {"type": "string"},
+        "recipients": {"type": "array", "items": {"type": "object"}},
+        "history": {"type": "array", "items": {"type": "object"}},
+        "contentHash": {"type": "string"},
+    },
+}
+
+
+def _hoist_defs(node: Any, components: dict[str, Any]) -> None:
+    """Move the ``$defs`` of schemas embedded in the document (a model's ``model_json_schema()``)
+    into ``components/schemas``: their ``#/$defs/...`` references resolve against the document's
+    root, where there are no ``$defs``."""
+    if isinstance(node, dict):
+        for name, definition in node.pop("$defs", {}).items():
+            if components.setdefault(name, definition) != definition:
+                raise ValueError(f"two different schemas are named {name} in the OpenAPI document")
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            node["$ref"] = "#/components/schemas/" + ref.removeprefix("#/$defs/")
+        for value in node.values():
+            _hoist_defs(value, components)
+    elif isinstance(node, list):
+        for value in node:
+            _hoist_defs(value, components)
+
+
 def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -267,9 +317,19 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     )
     telemetry.instrument_api(api)
 
+    # Blocking (an Entra ID key-set fetch, about once an hour): async routes call it in the
+    # threadpool so a fetch never stalls the event loop.
     def caller(request: Request, *roles: str) -> Principal:
-        principal = authenticate(request.headers.get("authorization"), get_services().settings)
+        svc = get_services()
+        principal = authenticate(request.headers.get("authorization"), svc.settings, svc.entra_tokens)
         authorize(principal, *roles)
+        return principal
+
+    def event_grid(request: Request) -> Principal:
+        svc = get_services()
+        secret = request.headers.get(WEBHOOK_SECRET_HEADER) or request.query_params.get(WEBHOOK_SECRET_QUERY)
+        principal = authenticate_webhook(request.headers.get("authorization"), secret, svc.settings, svc.entra_tokens)
+        authorize(principal, "eventgrid")
         return principal
 
     # ------------------------------------------------------------------ errors as problems
@@ -281,6 +341,12 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
     @api.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
         return problem(403, str(exc))
+
+    @api.exception_handler(AuthenticationUnavailable)
+    async def _auth_unavailable(_: Request, exc: AuthenticationUnavailable) -> JSONResponse:
+        response = problem(503, str(exc))
+        response.headers["Retry-After"] = "10"
+        return response
 
     @api.exception_handler(InvalidRequest)
     async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
@@ -329,6 +395,42 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         log.exception("unhandled error: %s", type(exc).__name__)
         return problem(500, "Something went wrong on our side; it has been logged.")
 
+    default_openapi = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        # Every route but health takes a bearer token: an Entra ID access token in Azure, a dev
+        # key on the local stack (docs/security.md).
+        if api.openapi_schema is None:
+            schema = default_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(openapi_component_schemas())
+            _hoist_defs(schema, components)
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Entra ID access token (or a dev key locally)"}
+            }
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    if path != "/api/health":
+                        operation["security"] = [{"bearer": []}]
+                        # Any authenticated route: no or a bad token, no role, the key set out of
+                        # reach, or a bug; each a problem (shared/entrypoints/problems.py).
+                        for status, response in problem_responses(401, 403, 500, 503).items():
+                            responses.setdefault(str(status), response)
+                    if "422" in responses and "application/json" in responses["422"].get("content", {}):
+                        # FastAPI's default for invalid parameters; ours answers a problem instead.
+                        responses["422"] = problem_responses(422)[422]
+            # The key's limit is a setting; the document is built once, on its first request.
+            limit = get_services().settings.idempotency_key_max_chars
+            submit = schema["paths"]["/api/notifications"]["post"]
+            [header] = [p for p in submit["parameters"] if p["name"] == "Idempotency-Key"]
+            header["schema"]["maxLength"] = limit
+            batch = schema["paths"]["/api/notifications/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            batch["properties"]["notifications"]["items"]["properties"]["idempotencyKey"]["maxLength"] = limit
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
     # ------------------------------------------------------------------ routes
 
     @api.get("/api/health", tags=["health"])
@@ -339,16 +441,40 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         "/api/notifications",
         status_code=202,
         tags=["notifications"],
+        responses={
+            202: {
+                "description": "Accepted: queued for sending",
+                "headers": {
+                    "Location": {"schema": {"type": "string"}},
+                    "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true", "false"]}},
+                },
+                "content": {"application/json": {"schema": ACCEPTED_SCHEMA}},
+                # Clients (and the stateful fuzz test) learn from it where the notification is.
+                "links": {
+                    "GetNotification": {
+                        "operationId": "get_notification",
+                        "parameters": {"notification_id": "$response.body#/id"},
+                    }
+                },
+            },
+            **problem_responses(400, 401, 403, 409, 413, 415, 422, 500, 503),
+        },
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_request_schema()}}},
             "parameters": [
-                {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "At most IDEMPOTENCY_KEY_MAX_CHARS characters, no control characters",
+                    "schema": {"type": "string", "minLength": 1},
+                },
                 {"name": "X-Correlation-Id", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
         },
     )
     async def submit(request: Request) -> Response:
-        principal = caller(request, "sender")
+        principal = await run_in_threadpool(caller, request, "sender")
         svc = get_services()
         envelope = Envelope(
             idempotency_key=request.headers.get("idempotency-key"), correlation_id=request.headers.get("x-correlation-id")
@@ -385,9 +511,10 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
                 }
             },
         },
+        responses=problem_responses(400, 401, 403, 413, 415, 422, 500, 503),
     )
     async def submit_batch(request: Request) -> Response:
-        principal = caller(request, "sender")
+        principal = await run_in_threadpool(caller, request, "sender")
         svc = get_services()
         if request.headers.get("idempotency-key") is not None:
             # A batch has no single key; ignoring one would make a retried batch send twice.
@@ -399,7 +526,15 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         accepted = sum(1 for r in results if r["status"] == 202)
         return JSONResponse({"results": results, "accepted": accepted, "failed": len(results) - accepted})
 
-    @api.get("/api/notifications/{notification_id}", tags=["notifications"])
+    @api.get(
+        "/api/notifications/{notification_id}",
+        tags=["notifications"],
+        operation_id="get_notification",
+        responses={
+            200: {"description": "The notification", "content": {"application/json": {"schema": NOTIFICATION_SCHEMA}}},
+            **problem_responses(401, 403, 404, 422, 500, 503),
+        },
+    )
     def get_notification(notification_id: str, request: Request) -> dict[str, Any]:
         principal = caller(request, "sender", "operator")
         notification = get_services().ledger.get(notification_id)
@@ -408,19 +543,66 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
             raise NotificationNotFound(notification_id)
         return notification_view(notification)
 
-    @api.options("/api/events", tags=["events"])
+    webhook_parameters = [
+        {
+            "name": WEBHOOK_SECRET_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "The EVENTGRID_WEBHOOK_SECRET, as a static delivery header of the subscription",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": WEBHOOK_SECRET_QUERY,
+            "in": "query",
+            "required": False,
+            "description": "The EVENTGRID_WEBHOOK_SECRET, as a query parameter of the subscription's endpoint URL",
+            "schema": {"type": "string"},
+        },
+    ]
+
+    @api.options(
+        "/api/events",
+        tags=["events"],
+        response_class=Response,
+        responses={200: {"description": "The CloudEvents abuse-protection handshake"}, **problem_responses(401, 403, 422, 500, 503)},
+        openapi_extra={"parameters": webhook_parameters},
+    )
     def events_handshake(request: Request, webhook_request_origin: str | None = Header(None)) -> Response:
         # CloudEvents 1.0 abuse protection: Event Grid asks before it delivers.
-        caller(request, "eventgrid")
+        event_grid(request)
         headers = {"Allow": "POST, OPTIONS"}
         if webhook_request_origin:
             headers["WebHook-Allowed-Origin"] = webhook_request_origin
             headers["WebHook-Allowed-Rate"] = "*"
         return Response(status_code=200, headers=headers)
 
-    @api.post("/api/events", tags=["events"])
+    @api.post(
+        "/api/events",
+        tags=["events"],
+        responses={
+            200: {
+                "description": "The validation code (subscription handshake), or what was applied",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **problem_responses(400, 401, 403, 413, 415, 422, 500, 503),
+        },
+        openapi_extra={
+            "parameters": webhook_parameters,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "description": "A batch of events in the Event Grid schema or CloudEvents 1.0, or one event",
+                            "oneOf": [{"type": "array", "items": {"type": "object"}}, {"type": "object"}],
+                        }
+                    }
+                },
+            },
+        },
+    )
     async def events(request: Request) -> Response:
-        caller(request, "eventgrid")
+        await run_in_threadpool(event_grid, request)
         svc = get_services()
         payload = await _json_body(request, max(svc.settings.max_request_bytes, 1024 * 1024))
         items = payload if isinstance(payload, list) else [payload]
@@ -431,7 +613,14 @@ def create_api(get_services: Callable[[], bootstrap.Services] = bootstrap.servic
         applied = await run_in_threadpool(triggers.apply_events, items, svc)
         return JSONResponse(applied.summary(len(items)))
 
-    @api.get("/api/reconciliation", tags=["operations"])
+    @api.get(
+        "/api/reconciliation",
+        tags=["operations"],
+        responses={
+            200: {"description": "Counts by status and the failure rate", "content": {"application/json": {"schema": {"type": "object"}}}},
+            **problem_responses(401, 403, 422, 500, 503),
+        },
+    )
     def reconciliation(
         request: Request,
         start: datetime | None = Query(None, alias="from"),

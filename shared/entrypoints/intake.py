@@ -23,7 +23,6 @@ from ..domain.errors import FieldError, InvalidRequest
 from ..service.ports import Templates
 from . import schemas
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
 #: Service Bus's own limit on a message's CorrelationId, so one value fits both ways in.
 MAX_CORRELATION_ID_LENGTH = 128
 #: The caller's properties ride on every status event: a handful of short strings, not a payload.
@@ -59,8 +58,8 @@ def parse_request(
     """The command for a request, or ``InvalidRequest`` naming every bad field (the envelope's first)."""
     errors: list[FieldError] = []
     key = envelope.idempotency_key
-    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
-        errors.append(FieldError(envelope.idempotency_key_field, f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"))
+    if key is not None and (message := idempotency_key_error(key, settings.idempotency_key_max_chars)) is not None:
+        errors.append(FieldError(envelope.idempotency_key_field, message))
         key = None
 
     body_correlation_id: Any = None
@@ -87,6 +86,18 @@ def parse_request(
     if errors:
         raise InvalidRequest(errors)
     return replace(cmd, correlation_id=correlation_id, caller_properties=properties)
+
+
+def idempotency_key_error(key: Any, limit: int) -> str | None:
+    """Why ``key`` cannot be an idempotency key, or None. It is stored and compared, and echoed
+    in logs and problems: one line of at most ``limit`` (IDEMPOTENCY_KEY_MAX_CHARS) characters."""
+    if not isinstance(key, str) or not (0 < len(key) <= limit):
+        return f"must be a string of 1 to {limit} characters"
+    try:
+        schemas.check_single_line(key, allow_tab=False)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _pointer(name: str) -> str:
@@ -146,8 +157,13 @@ def _check_properties(properties: dict[str, str], errors: list[FieldError]) -> N
 
 
 def openapi_request_schema() -> dict[str, Any]:
-    """The single route's body for the OpenAPI document: each kind of notification, plus the
-    envelope fields it may carry."""
+    """The single route's body for the OpenAPI document (its models are ``openapi_component_schemas``)."""
+    return schemas.openapi_request_schema()
+
+
+def openapi_component_schemas() -> dict[str, Any]:
+    """The request models for the document's ``components/schemas``: each kind of notification,
+    plus the envelope fields it may carry."""
     envelope = {
         "correlationId": {
             "type": "string",
@@ -162,6 +178,7 @@ def openapi_request_schema() -> dict[str, Any]:
             "description": "Your properties, echoed as strings on every status event",
         },
     }
-    schema = schemas.openapi_request_schema()
-    schema["oneOf"] = [variant | {"properties": variant["properties"] | envelope} for variant in schema["oneOf"]]
-    return schema
+    models = schemas.openapi_component_schemas()
+    for name in schemas.REQUEST_MODELS:
+        models[name] = models[name] | {"properties": models[name]["properties"] | envelope}
+    return models

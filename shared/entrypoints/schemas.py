@@ -16,6 +16,7 @@ from typing import Any, Literal
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import models_json_schema
 
 from ..config import Settings
 from ..domain.commands import NewAttachment, SubmitNotification
@@ -24,11 +25,8 @@ from ..domain.model import Channel, Recipient
 from ..domain.sms import count_segments
 from ..service.ports import RenderedTemplate, TemplateError, Templates
 
-MAX_EMAIL_RECIPIENTS = 50  # ACS limit for to + cc + bcc
-MAX_SMS_RECIPIENTS = 100  # ACS limit per send request
-MAX_SMS_LENGTH = 2048  # ACS limit
-MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit
-MAX_METADATA_BYTES = 4096
+# The other limits are settings (shared/config.py, docs/security.md); they are checked in
+# parse_notification_request, where the settings are at hand.
 MAX_ATTACHMENT_NAME_LENGTH = 255  # what most file systems allow for a file name
 
 
@@ -53,10 +51,21 @@ def normalise_e164(value: str) -> str:
     return formatted
 
 
-def _no_line_breaks(value: str) -> str:
-    if any(ch in value for ch in "\r\n\x00"):
-        raise ValueError("must not contain line breaks or NUL characters")
+def check_single_line(value: str, *, allow_tab: bool) -> str:
+    """``value`` if it can be one header line: no CR, LF or other control character (C0, DEL,
+    C1; a tab only where ``allow_tab``), and no Unicode line or paragraph separator, any of which
+    could end the header early or smuggle a second one in (header injection)."""
+    for ch in value:
+        if (unicodedata.category(ch) == "Cc" and not (allow_tab and ch == "\t")) or ch in "\u2028\u2029":
+            raise ValueError(f"must not contain line breaks or control characters (found U+{ord(ch):04X})")
     return value
+
+
+#: For the OpenAPI document only (the validators above decide): one header line, no control
+#: characters, as ``check_single_line`` checks. Generated clients and fuzzers then send values
+#: that can pass.
+SINGLE_LINE = {"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"}
+SINGLE_LINE_WITH_TAB = {"pattern": "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"}
 
 
 class _Strict(BaseModel):
@@ -64,8 +73,9 @@ class _Strict(BaseModel):
 
 
 class AddressIn(_Strict):
-    address: str
-    displayName: str | None = Field(None, max_length=256)
+    address: str = Field(json_schema_extra={"format": "email"})
+    #: At most DISPLAY_NAME_MAX_CHARS, checked with the settings in parse_notification_request.
+    displayName: str | None = Field(None, json_schema_extra=SINGLE_LINE)
 
     @field_validator("address")
     @classmethod
@@ -75,7 +85,7 @@ class AddressIn(_Strict):
     @field_validator("displayName")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
-        return None if value is None else _no_line_breaks(value)
+        return None if value is None else check_single_line(value, allow_tab=False)
 
 
 def _address(value: Any) -> Any:
@@ -128,11 +138,20 @@ class TemplateRef(_Strict):
 
 
 class EmailRequest(_Strict):
+    # The document says what _content and parse_notification_request check: literal content
+    # (a subject and text or html) or a template.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": ["subject", "text"]}, {"required": ["subject", "html"]}, {"required": ["template"]}]
+        }
+    )
+
     channel: Literal["email"]
     to: list[AddressIn] = Field(min_length=1)
     cc: list[AddressIn] = Field(default_factory=list)
     bcc: list[AddressIn] = Field(default_factory=list)
-    subject: str | None = Field(None, max_length=MAX_SUBJECT_LENGTH)
+    #: At most SUBJECT_MAX_CHARS, checked with the settings in parse_notification_request.
+    subject: str | None = Field(None, min_length=1, json_schema_extra=SINGLE_LINE_WITH_TAB)
     text: str | None = None
     html: str | None = None
     template: TemplateRef | None = None
@@ -161,13 +180,16 @@ class EmailRequest(_Strict):
 def _subject_line(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
-    return _no_line_breaks(value)
+    # A tab is folding white space in a header, harmless in a subject.
+    return check_single_line(value, allow_tab=True)
 
 
 class SmsRequest(_Strict):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["message"]}, {"required": ["template"]}]})
+
     channel: Literal["sms"]
-    to: list[str] = Field(min_length=1, max_length=MAX_SMS_RECIPIENTS)
-    message: str | None = Field(None, max_length=MAX_SMS_LENGTH)
+    to: list[str] = Field(min_length=1, json_schema_extra={"items": {"type": "string", "pattern": "^\\+[1-9][0-9]{6,14}$"}})
+    message: str | None = None
     template: TemplateRef | None = None
     sender: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -239,6 +261,30 @@ def _attachments(request: EmailRequest, settings: Settings, errors: list[FieldEr
     return accepted
 
 
+def _utf8_len(value: str) -> int:
+    # surrogatepass: a lone surrogate (valid JSON, "\ud800") is counted, not a crash.
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def _display_names(request: EmailRequest, limit: int, errors: list[FieldError]) -> None:
+    for kind in ("to", "cc", "bcc", "replyTo"):
+        for index, address in enumerate(getattr(request, kind)):
+            if address.displayName is not None and len(address.displayName) > limit:
+                errors.append(FieldError(f"/{kind}/{index}/displayName", f"is {len(address.displayName)} characters; the limit is {limit}"))
+
+
+def _email_sizes(content: dict[str, Any], settings: Settings, rendered_field: str | None, errors: list[FieldError]) -> None:
+    """Subject, text and HTML against their limits; a rendered template's are reported on it."""
+    subject = content.get("subject")
+    if subject is not None and len(subject) > settings.subject_max_chars:
+        field = rendered_field or "/subject"
+        errors.append(FieldError(field, f"the subject is {len(subject)} characters; the limit is {settings.subject_max_chars}"))
+    for part, limit in (("text", settings.email_text_max_bytes), ("html", settings.email_html_max_bytes)):
+        value = content.get(part)
+        if value is not None and (size := _utf8_len(value)) > limit:
+            errors.append(FieldError(rendered_field or f"/{part}", f"the {part} is {size} bytes (UTF-8); the limit is {limit}"))
+
+
 def request_hash(body: dict[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -287,8 +333,9 @@ def parse_notification_request(
         raise InvalidRequest(_field_errors(exc, channel)) from None
 
     errors: list[FieldError] = []
-    if len(json.dumps(request.metadata)) > MAX_METADATA_BYTES:
-        errors.append(FieldError("/metadata", f"must be at most {MAX_METADATA_BYTES} bytes of JSON"))
+    metadata_bytes = _utf8_len(json.dumps(request.metadata, separators=(",", ":"), ensure_ascii=False))
+    if metadata_bytes > settings.metadata_max_bytes:
+        errors.append(FieldError("/metadata", f"is {metadata_bytes} bytes of JSON; the limit is {settings.metadata_max_bytes}"))
     rendered = _render(request, Channel(channel), templates, errors)
     template_sender = rendered.sender if rendered else None
 
@@ -299,8 +346,9 @@ def parse_notification_request(
             for kind, items in (("to", request.to), ("cc", request.cc), ("bcc", request.bcc))
             for a in items
         ]
-        if len(recipients) > MAX_EMAIL_RECIPIENTS:
-            errors.append(FieldError("/to", f"at most {MAX_EMAIL_RECIPIENTS} recipients in to, cc and bcc together"))
+        if len(recipients) > settings.email_max_recipients:
+            errors.append(FieldError("/to", f"at most {settings.email_max_recipients} recipients in to, cc and bcc together"))
+        _display_names(request, settings.display_name_max_chars, errors)
         if rendered is not None:
             content: dict[str, Any] = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
             try:
@@ -311,6 +359,7 @@ def parse_notification_request(
             content = {"subject": request.subject, "text": request.text, "html": request.html}
             if request.subject is None and request.template is None:
                 errors.append(FieldError("/subject", "is required unless a template is given"))
+        _email_sizes(content, settings, "/template" if rendered is not None else None, errors)
         if request.replyTo:
             content["replyTo"] = [{"address": a.address, "display_name": a.displayName} for a in request.replyTo]
         sender = request.sender or template_sender or settings.default_email_sender
@@ -320,6 +369,8 @@ def parse_notification_request(
         allowed = settings.sms_senders
         attachments = []
         recipients = [Recipient(address=number) for number in request.to]
+        if len(recipients) > settings.sms_max_recipients:
+            errors.append(FieldError("/to", f"at most {settings.sms_max_recipients} recipients"))
         message = rendered.message if rendered is not None else request.message
         content = {"message": message}
         if rendered is None and request.message is None and request.template is None:
@@ -328,8 +379,8 @@ def parse_notification_request(
             field = "/template" if rendered is not None else "/message"
             if not message.strip():
                 errors.append(FieldError(field, "the message is empty"))
-            elif len(message) > MAX_SMS_LENGTH:
-                errors.append(FieldError(field, f"the message is longer than {MAX_SMS_LENGTH} characters"))
+            elif len(message) > settings.sms_max_chars:
+                errors.append(FieldError(field, f"the message is {len(message)} characters; the limit is {settings.sms_max_chars}"))
             segments = count_segments(message)
             content |= {"segments": segments.segments, "encoding": segments.encoding}
             if segments.segments > settings.sms_max_segments:
@@ -367,9 +418,28 @@ def parse_notification_request(
     )
 
 
+#: Where the request models live in the OpenAPI document.
+OPENAPI_SCHEMAS = "#/components/schemas/"
+#: The request body's models, by their name in the document.
+REQUEST_MODELS = ("EmailRequest", "SmsRequest")
+
+
 def openapi_request_schema() -> dict[str, Any]:
-    """JSON Schema of the request body for the OpenAPI document."""
+    """JSON Schema of the request body for the OpenAPI document; the models it refers to are
+    ``openapi_component_schemas()``."""
     return {
-        "oneOf": [EmailRequest.model_json_schema(), SmsRequest.model_json_schema()],
-        "discriminator": {"propertyName": "channel"},
+        "oneOf": [{"$ref": f"{OPENAPI_SCHEMAS}EmailRequest"}, {"$ref": f"{OPENAPI_SCHEMAS}SmsRequest"}],
+        "discriminator": {
+            "propertyName": "channel",
+            "mapping": {"email": f"{OPENAPI_SCHEMAS}EmailRequest", "sms": f"{OPENAPI_SCHEMAS}SmsRequest"},
+        },
     }
+
+
+def openapi_component_schemas() -> dict[str, Any]:
+    """The request models and the models they use, for ``components/schemas``: their references
+    point there (a model's own ``$defs`` would resolve against the document's root)."""
+    _, schemas = models_json_schema(
+        [(EmailRequest, "validation"), (SmsRequest, "validation")], ref_template=OPENAPI_SCHEMAS + "{model}"
+    )
+    return schemas["$defs"]

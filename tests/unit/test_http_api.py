@@ -1,6 +1,7 @@
 """The HTTP API at its edge, over a fully faked service."""
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -200,7 +201,20 @@ def test_reconciliation_counts_by_status_and_reports_the_failure_rate(client, fa
 def test_the_openapi_document_describes_the_request_body(client):
     spec = client.get("/api/openapi.json").json()
     schema = spec["paths"]["/api/notifications"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert {s["title"] for s in schema["oneOf"]} == {"EmailRequest", "SmsRequest"}
+    models = [spec["components"]["schemas"][s["$ref"].removeprefix("#/components/schemas/")] for s in schema["oneOf"]]
+    assert {m["title"] for m in models} == {"EmailRequest", "SmsRequest"}
+
+
+def test_every_reference_in_the_openapi_document_resolves(client):
+    spec = client.get("/api/openapi.json").json()
+    refs = set(re.findall(r'"\$ref":\s*"([^"]+)"', json.dumps(spec)))
+
+    assert refs, "the document should refer to its component schemas"
+    for ref in refs:
+        target = spec
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        assert isinstance(target, dict), ref
 
 
 OTHER_APP = {"Authorization": "Bearer other-app"}
