@@ -147,9 +147,9 @@ def _console(role: str) -> None:
         SimpleSpanProcessor(ConsoleSpanExporter(formatter=lambda span: _one_line(CONSOLE_SPAN_KEY, span.to_json())))
     )
     trace.set_tracer_provider(tracer_provider)
+    # Every OTEL_METRIC_EXPORT_INTERVAL ms (the SDK's own variable; 60 s unless set), and at exit.
     reader = PeriodicExportingMetricReader(
-        ConsoleMetricExporter(formatter=lambda data: _one_line(CONSOLE_METRICS_KEY, data.to_json())),
-        export_interval_millis=30_000,
+        ConsoleMetricExporter(formatter=lambda data: _one_line(CONSOLE_METRICS_KEY, data.to_json()))
     )
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
 

@@ -106,7 +106,8 @@ def recipient_attributes(addresses: Iterable[str]) -> dict[str, Any]:
     domain, without the address itself."""
     addresses = list(addresses)
     attributes: dict[str, Any] = {"notify.recipient.count": len(addresses)}
-    if addresses:
+    if addresses and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # Hashed only when a process exports spans: without an SDK nothing would read them.
         attributes["notify.recipient.hashes"] = [hash_recipient(a) for a in addresses]
         domains = sorted({d for a in addresses if (d := recipient_domain(a))})
         if domains:

@@ -60,7 +60,12 @@ FORBIDDEN = [
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory):
     """The output of a stack that accepted, retried, sent, failed and reported, once it stopped."""
-    stack = LocalStack(tmp_path_factory.mktemp("privacy"), TELEMETRY_EXPORTER="console", RECONCILE_INTERVAL_SECONDS="1")
+    stack = LocalStack(
+        tmp_path_factory.mktemp("privacy"),
+        TELEMETRY_EXPORTER="console",
+        RECONCILE_INTERVAL_SECONDS="1",
+        OTEL_METRIC_EXPORT_INTERVAL="500",  # metrics while it runs, not only when it stops
+    )
     with stack:
         # Two 500s before any success: retries, with the ACS error text in the dispatcher's path.
         stack.set_faults(serverErrorRate=1.0)
@@ -86,12 +91,24 @@ def run_output(tmp_path_factory):
         # Once more after the bounce: the suppression list refuses it before ACS.
         again = stack.send({"channel": "email", "to": [BOUNCED], "subject": SUBJECT, "text": BODY})
         stack.wait_for_status(again.json()["id"], "suppressed", timeout=30)
+        wait_until(lambda: METRICS <= exported_metric_names(stack.log_text()), timeout=30, what="every metric exported")
     # Stopped: the metric readers have flushed on the way out.
     return stack.log_text(), ids
 
 
+METRICS = {
+    "notify.notifications.accepted", "notify.messages.sent", "notify.messages.delivered", "notify.messages.bounced",
+    "notify.messages.failed", "notify.messages.suppressed", "notify.send.duration", "notify.queue.age",
+}
+
+
 def exported(output: str, key: str) -> list[dict]:
     return [json.loads(line)[key] for line in output.splitlines() if line.startswith('{"' + key + '"')]
+
+
+def exported_metric_names(output: str) -> set[str]:
+    return {m["name"] for batch in exported(output, "otel.metrics") for r in batch["resource_metrics"]
+            for s in r["scope_metrics"] for m in s["metrics"]}
 
 
 def test_no_recipient_address_phone_number_or_message_text_appears_in_any_log_line_span_or_metric(run_output):
@@ -111,10 +128,7 @@ def test_the_run_exported_the_spans_and_metrics_the_privacy_check_read(run_outpu
     names = {span["name"] for span in exported(output, "otel.span")}
     assert {"POST /api/notifications", "notify.submit", "notifications process", "notify.dispatch",
             "acs.email.send", "acs.sms.send", "notify.delivery_report"} <= names
-    metrics = {m["name"] for batch in exported(output, "otel.metrics") for r in batch["resource_metrics"]
-               for s in r["scope_metrics"] for m in s["metrics"]}
-    assert {"notify.notifications.accepted", "notify.messages.sent", "notify.messages.delivered",
-            "notify.messages.bounced", "notify.messages.failed", "notify.send.duration", "notify.queue.age"} <= metrics
+    assert METRICS <= exported_metric_names(output)
     # The retries really happened, with their failures on the ACS spans.
     failed_sends = [s for s in exported(output, "otel.span") if s["name"] == "acs.email.send" and s["status"]["status_code"] == "ERROR"]
     assert failed_sends and all(s["attributes"]["notify.notification.id"] == ids["email"] for s in failed_sends)
