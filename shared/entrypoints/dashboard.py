@@ -47,7 +47,9 @@ def register(api: FastAPI, caller: Callable[..., Principal], get_services: Calla
 
     @api.get(f"{PAGE}/data", tags=["operations"])
     async def dashboard_data(request: Request, hours: int = Query(24, ge=1, le=MAX_HOURS)) -> dict[str, Any]:
-        caller(request, "operator")
+        # In the threadpool like every async route: checking an Entra token may fetch the tenant's
+        # signing keys, which must not stall the event loop.
+        await run_in_threadpool(caller, request, "operator")
         svc = get_services()
         return await run_in_threadpool(
             dashboard_figures, ledger=svc.ledger, clock=svc.clock, hours=hours, thresholds=svc.failure_rate_thresholds

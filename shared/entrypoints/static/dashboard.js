@@ -129,6 +129,8 @@
         );
       } else {
         setStatus(`Could not load the figures (${error.message}); the page will try again.`);
+        // The refresh starts after the first success; a first load that fails must retry too.
+        if (timer === null) timer = setInterval(load, REFRESH_MS);
       }
       return;
     }

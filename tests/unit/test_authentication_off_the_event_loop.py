@@ -1,0 +1,48 @@
+"""Checking a token may fetch the tenant's signing keys over the network; an async route that did
+it on the event loop would stall every other request of that worker meanwhile."""
+
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.entrypoints import api as api_module
+from shared.entrypoints.api import create_api
+
+OPERATOR = {"Authorization": "Bearer test-operator"}
+SENDER = {"Authorization": "Bearer test-sender"}
+EMAIL = {"channel": "email", "to": ["ann@example.com"], "subject": "Hi", "text": "Hello"}
+
+
+def on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "method, path, headers, body",
+    [
+        ("POST", "/api/notifications", SENDER, EMAIL),
+        ("POST", "/api/notifications/batch", SENDER, {"notifications": [EMAIL]}),
+        ("GET", "/api/admin/dashboard/data", OPERATOR, None),
+        ("GET", "/api/admin/dead-letters", OPERATOR, None),
+        ("GET", "/api/reconciliation", OPERATOR, None),
+    ],
+)
+def test_routes_check_the_caller_off_the_event_loop(faked_services, monkeypatch, method, path, headers, body):
+    where: list[bool] = []
+    real = api_module.authenticate
+
+    def recording(*args, **kwargs):
+        where.append(on_event_loop())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api_module, "authenticate", recording)
+    with TestClient(create_api(lambda: faked_services)) as client:
+        response = client.request(method, path, headers=headers, json=body)
+
+    assert response.status_code < 300, response.text
+    assert where == [False]
