@@ -162,8 +162,10 @@ class FakeLedger:
         found = [e for e in self.audit.values() if since is None or e.at >= since]
         found.sort(key=lambda e: (-e.at.timestamp(), e.id))
         return [e.model_copy(deep=True) for e in found[:limit]]
-    def pending_status_events(self, limit: int) -> list[StatusEvent]:
-        return [e.model_copy(deep=True) for e in list(self.outbox.values())[:limit]]
+    def pending_status_events(self, limit: int, *, exclude: Iterable[str] = ()) -> list[StatusEvent]:
+        skipped = set(exclude)
+        pending = [e for e in self.outbox.values() if e.notification_id not in skipped]
+        return [e.model_copy(deep=True) for e in pending[:max(limit, 0)]]
 
     def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
         for event in events:

@@ -388,9 +388,27 @@ class SqliteLedger:
             (_ts(since) if since else float("-inf"), limit),
         )
         return [AuditEntry.model_validate_json(doc) for (doc,) in rows]
-    def pending_status_events(self, limit: int) -> list[StatusEvent]:
-        rows = self._connection().execute("SELECT doc FROM status_outbox ORDER BY position LIMIT ?", (limit,))
-        return [StatusEvent.model_validate_json(doc) for (doc,) in rows]
+    def pending_status_events(self, limit: int, *, exclude: Iterable[str] = ()) -> list[StatusEvent]:
+        if limit < 1:
+            return []
+        skipped = set(exclude)
+        if not skipped:
+            rows = self._connection().execute("SELECT doc FROM status_outbox ORDER BY position LIMIT ?", (limit,))
+            return [StatusEvent.model_validate_json(doc) for (doc,) in rows]
+        # Skipped here rather than with NOT IN (...), which would bound ``exclude`` by SQLite's
+        # limit on bound parameters; the cursor stops as soon as ``limit`` events are found.
+        events: list[StatusEvent] = []
+        cursor = self._connection().execute("SELECT notification_id, doc FROM status_outbox ORDER BY position")
+        try:
+            for notification_id, doc in cursor:
+                if notification_id in skipped:
+                    continue
+                events.append(StatusEvent.model_validate_json(doc))
+                if len(events) >= limit:
+                    break
+        finally:
+            cursor.close()
+        return events
 
     def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
         ids = sorted({e.id for e in events})

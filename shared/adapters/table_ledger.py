@@ -925,12 +925,16 @@ class TableLedger:
         return [AuditEntry.model_validate_json(_unpack(e)) for _, e in zip(range(limit), rows)]
     # ------------------------------------------------------------------ status event outbox
 
-    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+    def pending_status_events(self, limit: int, *, exclude: Iterable[str] = ()) -> list[StatusEvent]:
         if limit < 1:
             return []
-        # Each entry names a notification with at least one event, so ``limit`` entries suffice.
+        skipped = set(exclude)
+        # Each entry names a notification with at least one event, so ``limit`` entries suffice;
+        # entries of excluded notifications are passed over without reading their notification.
         entries = list(islice(
-            self._store.query(FOLLOWUPS, "PartitionKey eq @pk", {"pk": OUTBOX}, page_size=min(max(limit, 10), 1000)),
+            (e for e in self._store.query(FOLLOWUPS, "PartitionKey eq @pk", {"pk": OUTBOX},
+                                          page_size=min(max(limit, 10), 1000))
+             if e["id"] not in skipped),
             limit,
         ))
         entities = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), entries)

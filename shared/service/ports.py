@@ -108,10 +108,14 @@ class Ledger(Protocol):
 
     def audit_entries(self, *, since: datetime | None = None, limit: int = 100) -> list[AuditEntry]:
         """Operator actions at or after ``since``, newest first."""
-    def pending_status_events(self, limit: int) -> list[StatusEvent]:
+    def pending_status_events(self, limit: int, *, exclude: Iterable[str] = ()) -> list[StatusEvent]:
         """Up to ``limit`` status events not yet published: each notification's in ``sequence``
         order (a cut-off batch holds the first of a notification's events, never later ones),
-        notifications with older events first."""
+        notifications with older events first.
+
+        ``exclude`` names notifications whose events are left out altogether (they stay pending):
+        the relay pages past notifications whose head event a destination holds back, so that a
+        full batch of held events cannot hide the newer events of other notifications."""
 
     def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
         """Remove these events from the outbox (events already gone are ignored)."""

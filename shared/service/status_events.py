@@ -15,7 +15,9 @@
 * A destination that refuses the content of a batch (400, 413) gets its events one at a time, so
   one bad event cannot hold up the rest: the refused event stays in the outbox with a backoff of
   its own, the notification's later events wait behind it so that none overtakes it, and the
-  destination itself carries on at full speed.
+  destination itself carries on at full speed. The relay then reads the outbox past that
+  notification (``Ledger.pending_status_events(exclude=...)``), so held events piling up at the
+  head of the outbox never fill the batches and stall the other notifications.
 * With no destination configured the events are removed as relayed, as an Event Grid topic
   without subscriptions drops them.
 """
@@ -127,10 +129,18 @@ def relay_status_events(
     clock: Clock,
 ) -> StatusEventsRelayed:
     """Relay batches from the outbox until it is empty, a destination falls behind, or
-    ``cmd.max_batches`` batches went out."""
+    ``cmd.max_batches`` batches went out.
+
+    Events that stay in the outbox because a destination refused them (or their notification's
+    earlier event) are not read again in this run: their notifications are excluded from the next
+    reads, so the relay pages past them to newer events of other notifications. Otherwise
+    ``batch_size`` held events at the head of the outbox, which always returns its oldest events
+    first, would fill every batch and stop the relay for everyone. The held events stay in the
+    outbox (never lost) and their notifications' later events stay behind them (order kept)."""
     summary = StatusEventsRelayed()
+    passed: set[str] = set()  # notifications with an event kept in this run
     for _ in range(cmd.max_batches):
-        events = ledger.pending_status_events(cmd.batch_size)
+        events = ledger.pending_status_events(cmd.batch_size, exclude=passed)
         if not events:
             break
         if not destinations:
@@ -148,11 +158,14 @@ def relay_status_events(
             for destination in destinations:
                 destination.delivered -= finished
             summary.published += len(done)
-        summary.kept = len(events) - len(done)
-        # Go on while the outbox moves: events refused as such wait for their own retry at the
-        # head of the outbox, but a destination that failed waits for its backoff.
-        if summary.kept and (not done or any(not d.ready(now) for d in destinations)):
+        taken = {e.id for e in done}
+        kept = [e for e in events if e.id not in taken]
+        summary.kept += len(kept)
+        # A destination that failed waits for its backoff, and so does everything it has not
+        # taken. Events refused as such wait for their own retry: page past their notifications.
+        if kept and any(not d.ready(now) for d in destinations):
             break
+        passed.update(e.notification_id for e in kept)
     summary.failing = [d.name for d in destinations if d.failures]
     if summary.published or summary.discarded:
         log.info("status events: %d published, %d discarded (no destination), %d kept",

@@ -85,6 +85,34 @@ def test_batches_cut_by_the_limit_relay_each_notification_in_sequence_order(ledg
     assert relayed[0] == (first.id, 1, "accepted")
 
 
+def test_excluded_notifications_are_paged_past_and_stay_pending(ledger):
+    held = [ledger.add(email(created=at(i))) for i in range(3)]
+    for n in held:
+        ledger.save(sent(ledger.get(n.id), at(10)))
+    later = ledger.add(sms(created=at(5)))
+    last = ledger.add(email(created=at(6)))
+
+    # The oldest events fill a small batch; excluding their notifications reaches the later ones.
+    assert {e.notification_id for e in ledger.pending_status_events(limit=2)} <= {n.id for n in held}
+    batch = ledger.pending_status_events(limit=2, exclude={n.id for n in held})
+    assert statuses(batch) == [(later.id, 1, "accepted"), (last.id, 1, "accepted")]
+    assert statuses(ledger.pending_status_events(limit=1, exclude={held[0].id, held[1].id, held[2].id})) == [
+        (later.id, 1, "accepted"),
+    ]
+    assert ledger.pending_status_events(limit=10, exclude=[n.id for n in held] + [later.id, last.id]) == []
+
+    # Excluding reads nothing away: each held notification's events are all still there, in order.
+    ledger.mark_status_events_published(batch)
+    remaining = statuses(ledger.pending_status_events(limit=100))
+    for n in held:
+        assert [r for r in remaining if r[0] == n.id] == [(n.id, 1, "accepted"), (n.id, 2, "sent"), (n.id, 3, "sent")]
+    assert len(remaining) == 9
+    # Excluding one held notification leaves the others whole and in order.
+    partial = statuses(ledger.pending_status_events(limit=100, exclude={held[1].id}))
+    assert [r for r in partial if r[0] == held[1].id] == []
+    assert [r for r in partial if r[0] == held[2].id] == [r for r in remaining if r[0] == held[2].id]
+
+
 def test_a_write_that_is_refused_stores_no_events(ledger):
     n = ledger.add(email())
     winner, loser = ledger.get(n.id), ledger.get(n.id)

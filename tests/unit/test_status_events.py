@@ -362,6 +362,39 @@ def test_a_refused_event_does_not_slow_the_others_and_goes_out_once_taken():
     assert world.ledger.outbox == {} and destination.held == {}
 
 
+def test_refused_events_filling_whole_batches_do_not_hold_up_later_notifications():
+    world = World()
+    bads = [world.submit(email_command(f"bad{i}@example.com"))[0] for i in range(4)]
+    for bad in bads:
+        world.dispatch(bad.id)  # each has accepted, sent: held back behind a refused head
+    refused = {e.id for e in world.ledger.outbox.values() if e.status.value == "accepted"}
+    topic = RefusesSome(refused)
+    destination = Destination(topic)
+    small = RelayStatusEvents(batch_size=2, max_batches=10)
+
+    def run():
+        return relay_status_events(small, ledger=world.ledger, destinations=[destination], policy=RELAY_POLICY,
+                                   clock=world.clock)
+
+    run()  # every head refused: all held on their own backoff
+    good, _ = world.submit(email_command("good@example.com"))
+    world.clock.advance(0.5)  # the refused ones are still backing off
+    summary = run()
+
+    assert [(e["data"]["id"], e["data"]["status"]) for e in topic.events] == [(good.id, "accepted")]
+    assert summary.published == 1 and summary.kept == 4 and destination.failures == 0  # the held heads
+    # Nothing held is lost, and each held notification keeps its order.
+    for bad in bads:
+        assert outbox(world, bad.id) == [("accepted", None), ("sent", "b***@example.com")]
+
+    topic.refused.clear()
+    world.clock.advance(1)
+    run()
+    assert world.ledger.outbox == {}
+    for bad in bads:
+        assert [e["data"]["status"] for e in topic.events if e["data"]["id"] == bad.id] == ["accepted", "sent"]
+
+
 def test_with_no_destination_the_outbox_is_drained_as_a_topic_without_subscribers_would():
     world = World()
     world.submit(email_command("jane@example.com"))
