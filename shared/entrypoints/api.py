@@ -21,7 +21,7 @@ from ..domain.commands import SubmitNotification
 from ..domain.errors import AttachmentStoreUnavailable, FieldError, IdempotencyConflict, InvalidRequest, NotificationNotFound
 from ..domain.model import Channel, Notification
 from ..service import handlers
-from . import admin_api, dashboard, triggers
+from . import admin_api, dashboard, schemas, triggers
 from .auth import (
     WEBHOOK_SECRET_HEADER,
     WEBHOOK_SECRET_QUERY,
@@ -74,9 +74,9 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise _Malformed(str(exc)) from None
     try:
         # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 store or SDK can carry.
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise _Malformed("a string holds a lone surrogate escape (\\ud800-\\udfff), which is not Unicode text") from None
+        schemas.json_document_size(document)
+    except ValueError as exc:
+        raise _Malformed(str(exc)) from None
     return document
 
 

@@ -106,7 +106,8 @@ def _pointer(name: str) -> str:
 
 
 def _printable(value: str) -> bool:
-    return not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value)
+    # Cs: a lone surrogate, which no UTF-8 store or status event can carry.
+    return not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in value)
 
 
 def _correlation_id(value: Any, where: str, errors: list[FieldError]) -> str | None:
@@ -154,6 +155,8 @@ def _check_properties(properties: dict[str, str], errors: list[FieldError]) -> N
             errors.append(FieldError(_pointer(name), f"names must be 1 to {MAX_PROPERTY_NAME_LENGTH} printable characters"))
         elif len(value) > MAX_PROPERTY_VALUE_LENGTH:
             errors.append(FieldError(_pointer(name), f"must be at most {MAX_PROPERTY_VALUE_LENGTH} characters"))
+        elif any(unicodedata.category(ch) == "Cs" for ch in value):
+            errors.append(FieldError(_pointer(name), schemas.LONE_SURROGATE))
 
 
 def openapi_request_schema() -> dict[str, Any]:

@@ -30,6 +30,19 @@ from ..service.ports import RenderedTemplate, TemplateError, Templates
 MAX_ATTACHMENT_NAME_LENGTH = 255  # what most file systems allow for a file name
 
 
+LONE_SURROGATE = "a string holds a lone surrogate escape (\\ud800-\\udfff), which is not Unicode text"
+
+
+def json_document_size(document: Any) -> int:
+    """The size in UTF-8 bytes of ``document`` as JSON, or ``ValueError`` (``LONE_SURROGATE``) if
+    a string in it holds a lone surrogate. JSON may escape one ("\\ud800"), but no UTF-8 store,
+    SDK or status event can carry it, so every way in (HTTP and the requests queue) refuses it."""
+    try:
+        return len(json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(LONE_SURROGATE) from None
+
+
 def normalise_email(value: str) -> str:
     try:
         # Deliverability (DNS) is ACS's job; syntax is ours.

@@ -20,7 +20,7 @@ from ..domain.errors import FieldError, IdempotencyConflict, InvalidRequest
 from ..service import handlers, status_events
 from ..service import observability as obs
 from ..service.ports import ReceivedMessage
-from . import intake
+from . import intake, schemas
 from .eventgrid import ParsedEvents, read_events
 from .problems import problem_details
 
@@ -255,14 +255,26 @@ def _accept_request_message(message: RequestMessage, svc: bootstrap.Services) ->
 
 
 def _request_body(raw: bytes | str | dict[str, Any], limit: int) -> Any:
+    """The message's JSON document, checked as the HTTP route checks a body (``api._json_body``):
+    at most ``limit`` bytes, valid JSON, and no lone surrogate escape, which could be stored
+    nowhere and would fail the message on every delivery instead of refusing it once."""
     if isinstance(raw, dict):
-        return raw
-    if len(raw) > limit:
-        raise InvalidRequest([FieldError("/", f"the body is larger than {limit} bytes")])
+        # The embedded queue hands over the document itself: measure it as its JSON text.
+        document: Any = raw
+    else:
+        if len(raw) > limit:
+            raise InvalidRequest([FieldError("/", f"the body is larger than {limit} bytes")])
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest([FieldError("/", f"the body is not valid JSON: {exc}")]) from None
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest([FieldError("/", f"the body is not valid JSON: {exc}")]) from None
+        size = schemas.json_document_size(document)
+    except ValueError as exc:
+        raise InvalidRequest([FieldError("/", str(exc))]) from None
+    if isinstance(raw, dict) and size > limit:
+        raise InvalidRequest([FieldError("/", f"the body is larger than {limit} bytes")])
+    return document
 
 
 def _description(problem: dict[str, Any]) -> str:

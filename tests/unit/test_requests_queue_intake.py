@@ -168,6 +168,42 @@ def test_a_body_over_the_request_size_limit_is_refused(faked_services):
     assert "larger than" in json.loads(outcome.description)["errors"][0]["message"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"channel":"email","to":["a@example.com"],"subject":"Hi","text":"x","properties":{"k":"\\ud800"}}',
+        b'{"channel":"email","to":["a@example.com"],"subject":"Hi","text":"x","correlationId":"ab\\udc00"}',
+        b'{"channel":"email","to":["a@example.com"],"subject":"Hi","text":"\\ud800"}',
+    ],
+)
+def test_a_body_with_a_lone_surrogate_is_refused_once_not_redelivered_until_dead_lettered(faked_services, raw):
+    outcome = accept(faked_services, message(raw))
+
+    assert isinstance(outcome, triggers.RequestRefused) and outcome.reason == "ValidationFailed"
+    [error] = json.loads(outcome.description)["errors"]
+    assert error["field"] == "/" and "lone surrogate" in error["message"]
+    assert faked_services.ledger.rows == {}
+    assert faked_services.queue.sent == []
+
+
+def test_an_embedded_queue_document_is_checked_like_a_body(faked_services):
+    surrogate = triggers.RequestMessage(body=EMAIL | {"properties": {"k": "\ud800"}}, message_id="m-d1")
+    too_big = triggers.RequestMessage(body=EMAIL | {"text": "x" * faked_services.settings.max_request_bytes}, message_id="m-d2")
+
+    refused = accept(faked_services, surrogate)
+    assert refused.reason == "ValidationFailed" and "lone surrogate" in refused.description
+    refused = accept(faked_services, too_big)
+    assert refused.reason == "ValidationFailed" and "larger than" in refused.description
+    assert faked_services.ledger.rows == {}
+
+
+def test_an_application_property_with_a_lone_surrogate_is_a_field_error(faked_services):
+    outcome = accept(faked_services, message(EMAIL, tenant="a\ud800"))
+
+    assert outcome.reason == "ValidationFailed"
+    assert [e["field"] for e in json.loads(outcome.description)["errors"]] == ["/properties/tenant"]
+
+
 def test_an_idempotency_key_property_that_is_too_long_is_a_field_error(faked_services):
     outcome = accept(faked_services, message(EMAIL, **{"Idempotency-Key": "k" * 201}))
 
