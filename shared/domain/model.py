@@ -514,7 +514,8 @@ class Notification(BaseModel):
     ) -> list[Recipient]:
         """An operator replays it: the recipients still to send (never one that was sent, delivered
         or refused), after marking ``suppressed`` ones (address -> reason: suppressed or opted out
-        since) as such. Clears the dead letter and starts a fresh chain of attempts.
+        since) as such. When any is left to send, clears the dead letter, starts a fresh chain of
+        attempts and records ``replayed``; when none is, records nothing more (no ``replayed``).
 
         ``queued_at`` is cleared until the replay's queue message is enqueued: if the replay stops
         in between, the reconciliation re-queues it (``unqueued``), so a replay recorded here can
@@ -523,6 +524,9 @@ class Notification(BaseModel):
         for address, reason in (suppressed or {}).items():
             self.record_recipient_suppressed(at, address, reason)
         to_send = self.pending_recipients()
+        if not to_send:
+            # Nothing will be sent: no replay to record; the suppressions above end it.
+            return to_send
         previous = self.dead_letter
         self.dead_letter = None
         self.replay_count = replay_count

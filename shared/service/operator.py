@@ -29,6 +29,7 @@ from typing import Any, Callable, Literal
 
 from ..domain.commands import DeadLetterFilter, PurgeDeadLetters, ReplayDeadLetters
 from ..domain.model import AuditEntry, Channel, Notification, NotificationStatus, Suppression
+from . import handlers
 from . import observability as obs
 from .handlers import _modify as modify
 from .ports import Clock, DeadLetteredMessage, DeadLetterQueue, Ledger, MessagePublisher, OutgoingMessage, SuppressionList
@@ -323,6 +324,10 @@ def _replay_one(
     if not current.pending_recipients():
         reason = "AlreadySent" if current.reached_acs else "AlreadyFinal"
         return _outcome(requested, d, "skipped", reason, status=current.status.value)
+    if not _is_dead_lettered(current):
+        # A leftover queue copy of a notification the ledger still sends (queued, retrying, or
+        # replayed since): replaying it would start a second chain beside the live one.
+        return _live_copy(requested, d, current, dead_letters=dead_letters, publisher=publisher, dry_run=cmd.dry_run)
     listed = suppressions.find(current.channel, [r.address for r in current.pending_recipients()])
     suppressed = {address: f"OnSuppressionList: {entry.reason}" for address, entry in listed.items()}
     if len(suppressed) == len(current.pending_recipients()):
@@ -344,25 +349,56 @@ def _replay_one(
     # the dispatcher's lease and fencing let only one of them send. So a crash anywhere loses
     # nothing and sends nothing twice; at worst a queue copy stays behind, which a later replay
     # skips once the notification is sent, or turns into one more absorbed message.
-    def record(n: Notification) -> list | None:
+    def record(n: Notification) -> list | str:
         pending = {r.address for r in n.pending_recipients()}
         if not pending:
-            return None  # finished by someone else since it was read
+            return "AlreadySent" if n.reached_acs else "AlreadyFinal"  # finished by someone else since it was read
+        if n.replay_count != d.replay_count or not _is_dead_lettered(n):
+            return "AlreadyReplayed"  # another replay got there first: one replay, one chain
         still_listed = {a: r for a, r in suppressed.items() if a in pending}
         return n.record_replay(clock.now(), cmd.actor, n.replay_count + 1, suppressed=still_listed, audit_id=audit_id)
 
     n, to_send = modify(ledger, d.notification_id, record)
+    if isinstance(to_send, str):
+        # Someone else finished or replayed it: their chain owns it, and its copies stay for them.
+        return _outcome(requested, d, "skipped", to_send, status=n.status.value)
     if to_send:
         publisher.send(replay_message(n))
         modify(ledger, n.id, lambda fresh: fresh.queued_at or fresh.mark_queued(clock.now()))
     for message in d.queue_messages:
         dead_letters.remove_dead_letter(message.sequence_number)
-    if to_send is None:
-        return _outcome(requested, d, "skipped", "AlreadySent" if n.reached_acs else "AlreadyFinal", status=n.status.value)
     if not to_send:
         reasons = sorted({_suppression_kind(e) for e in listed.values()})
         return _outcome(requested, d, "skipped", "RecipientsSuppressed", suppressions=reasons)
     return _outcome(requested, d, "replayed", replayCount=n.replay_count, suppressedRecipients=len(suppressed))
+
+
+def _live_copy(
+    requested: str,
+    d: DeadLetter,
+    n: Notification,
+    *,
+    dead_letters: DeadLetterQueue,
+    publisher: MessagePublisher,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """A queue dead letter whose notification the ledger holds live (not dead-lettered, still to
+    send). The ledger is left alone: no replay is recorded. But the copy may be all that drove
+    the notification (a message that crash-looped into the dead-letter queue leaves the ledger
+    "queued" with nothing queued), so the next attempt's message is enqueued before the copy is
+    removed. Its id is new (the crash-looped copy's id may still be inside Service Bus's duplicate
+    detection window); a second chain it might start beside a live one is absorbed by the
+    dispatcher's lease and fencing (``dispatch_verdict``), as any duplicate message is."""
+    if not dry_run:
+        publisher.send(
+            handlers.dispatch_message(n.id, n.attempts + 1, waiting_for="requeue", traceparent=n.trace_context)
+        )
+        for message in d.queue_messages:
+            dead_letters.remove_dead_letter(message.sequence_number)
+    return _outcome(
+        requested, d, "requeued", "NotDeadLettered", status=n.status.value,
+        queueCopiesRemoved=0 if dry_run else len(d.queue_messages),
+    )
 
 
 def _suppression_kind(entry: Suppression) -> str:
@@ -383,14 +419,25 @@ def purge_dead_letters(
         elif cmd.dry_run:
             outcome = _outcome(requested, d, "wouldPurge")
         else:
-            if d.notification_id is not None and ledger.get(d.notification_id) is not None:
-                modify(
-                    ledger, d.notification_id,
-                    lambda n: n.pending_recipients() and n.record_purged(clock.now(), cmd.actor, audit_id=audit.entry.id),
-                )
+            current = ledger.get(d.notification_id) if d.notification_id is not None else None
+            purged = False
+            if _is_dead_lettered(current):
+
+                def purge(n: Notification) -> bool:
+                    # Only while still dead-lettered: one replayed since is being sent again.
+                    if not _is_dead_lettered(n):
+                        return False
+                    n.record_purged(clock.now(), cmd.actor, audit_id=audit.entry.id)
+                    return True
+
+                _, purged = modify(ledger, d.notification_id, purge)
             for message in d.queue_messages:
                 dead_letters.remove_dead_letter(message.sequence_number)
-            outcome = _outcome(requested, d, "purged")
+            if current is not None and current.pending_recipients() and not purged:
+                # A leftover queue copy of a notification that is still being sent: only the copy goes.
+                outcome = _outcome(requested, d, "purged", "QueueCopyOnly", status=current.status.value)
+            else:
+                outcome = _outcome(requested, d, "purged")
         result.outcomes.append(outcome)
         audit.add(outcome)
     audit.finish()

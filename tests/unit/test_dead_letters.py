@@ -244,6 +244,47 @@ def test_a_recipient_who_opted_out_since_is_skipped_with_that_reason(ops):
     assert ops.listing() == []
 
 
+def test_a_replay_that_sends_nothing_records_no_replay_only_the_suppressions(ops):
+    n, _ = ops.submit(sms_command("+14255551234"))
+    ops.sms.failures = [ServiceUnavailable("down", status_code=503) for _ in range(3)]
+    ops.drive(n.id)
+    ops.suppressions.add(Suppression(channel=Channel.SMS, address="+14255551234", reason="OptedOut: replied STOP",
+                                     created_at=ops.clock.now()))
+
+    result = ops.replay(n.id)
+
+    assert result.counts() == {"skipped": 1}
+    stored = ops.ledger.get(n.id)
+    assert "replayed" not in [h.event for h in stored.history]
+    assert stored.replay_count == 0
+    events = [(e.status.value, e.notification_status) for e in ops.ledger.outbox.values() if e.notification_id == n.id]
+    assert events == [("accepted", "accepted"), ("dead_lettered", "dead_lettered"), ("opted_out", "suppressed")]
+
+
+def test_two_replays_that_read_the_same_dead_letter_record_one_replay_and_send_once(ops):
+    nid = ops.dead_lettered_email()
+    find = ops.suppressions.find
+    inner = []
+
+    def racing_find(channel, addresses):
+        # Another operator's replay lands after this one read the dead letter, before it writes.
+        ops.suppressions.find = find
+        inner.append(ops.replay(nid))
+        return find(channel, addresses)
+
+    ops.suppressions.find = racing_find
+    outer = ops.replay(nid)
+    ops.drive(nid)
+
+    assert inner[0].counts() == {"replayed": 1}
+    assert outer.outcomes == [{"id": nid, "notificationId": nid, "outcome": "skipped", "reason": "AlreadyReplayed",
+                               "status": "accepted"}]
+    stored = ops.ledger.get(nid)
+    assert [h.event for h in stored.history].count("replayed") == 1 and stored.replay_count == 1
+    assert sum(1 for m in ops.queue.sent if "replay" in m.message_id) == 1
+    assert sends(ops, nid) == 1
+
+
 def test_a_suppressed_recipient_is_left_out_while_the_others_are_replayed(ops):
     nid = ops.dead_lettered_email("ann@example.com", "bob@example.com")
     ops.suppressions.add(Suppression(channel=Channel.EMAIL, address="bob@example.com", reason="Bounced: 550",
@@ -368,8 +409,11 @@ def test_a_replay_that_dies_before_removing_the_dead_letter_and_is_run_again_sen
     second = ops.replay(leftover.id)
     outcome = ops.drive(nid)
 
-    assert second.counts() == {"replayed": 1}
-    assert sum(1 for m in ops.queue.sent if "replay" in m.message_id) == 2
+    # The notification is live again: the leftover copy is removed, no second replay is recorded,
+    # and the next-attempt message it leaves behind is absorbed by the dispatcher.
+    assert second.outcomes == [{"id": leftover.id, "notificationId": nid, "outcome": "requeued", "reason": "NotDeadLettered",
+                                "status": "accepted", "queueCopiesRemoved": 1}]
+    assert sum(1 for m in ops.queue.sent if "replay" in m.message_id) == 1
     assert isinstance(outcome, (Completed, Rescheduled))
     assert sends(ops, nid) == 1
     assert ops.listing() == []
@@ -392,6 +436,46 @@ def test_a_purged_dead_letter_ends_failed_and_leaves_both_lists(ops):
     assert stored.status is NotificationStatus.FAILED
     assert stored.recipients[0].reason == "DeadLetterPurged"
     assert stored.history[-1].event == "purged" and stored.history[-1].detail["by"] == OPERATOR
+
+
+def test_purging_a_leftover_queue_copy_of_a_live_notification_removes_only_the_copy(ops):
+    alive, _ = ops.submit(email_command("live@example.com"))
+    crash = ops.queue.add_dead_letter({"notificationId": alive.id, "attempt": 1}, "MaxDeliveryCountExceeded", ops.clock.now())
+    dead = ops.dead_lettered_email("dead@example.com")
+
+    result = ops.purge()  # by filter: both
+
+    by_id = {o["id"]: o for o in result.outcomes}
+    assert by_id[f"q-{crash.sequence_number}"] == {"id": f"q-{crash.sequence_number}", "notificationId": alive.id,
+                                                  "outcome": "purged", "reason": "QueueCopyOnly", "status": "accepted"}
+    assert by_id[dead] == {"id": dead, "notificationId": dead, "outcome": "purged"}
+    assert ops.queue.dead == {} and ops.listing() == []
+    live = ops.ledger.get(alive.id)
+    assert live.status is NotificationStatus.ACCEPTED and "purged" not in [h.event for h in live.history]
+    assert ops.ledger.get(dead).status is NotificationStatus.FAILED
+    ops.drive(alive.id)
+    assert ops.ledger.get(alive.id).status is NotificationStatus.SENT
+
+
+def test_replaying_a_crash_looped_copy_of_a_live_notification_requeues_it_without_recording_a_replay(ops):
+    # A message that crash-looped into the dead-letter queue leaves the ledger "queued" with
+    # nothing queued: the replay is the operator's way to get it going again.
+    alive, _ = ops.submit(email_command())
+    crash = ops.queue.add_dead_letter({"notificationId": alive.id, "attempt": 1}, "MaxDeliveryCountExceeded", ops.clock.now())
+    ops.queue.sent.clear()
+    before = ops.ledger.get(alive.id)
+
+    result = ops.replay(reason="MaxDeliveryCountExceeded")
+
+    assert result.outcomes == [{"id": f"q-{crash.sequence_number}", "notificationId": alive.id, "outcome": "requeued",
+                                "reason": "NotDeadLettered", "status": "accepted", "queueCopiesRemoved": 1}]
+    after = ops.ledger.get(alive.id)
+    assert (after.replay_count, [h.event for h in after.history]) == (before.replay_count, [h.event for h in before.history])
+    [requeued] = ops.queue.sent
+    assert requeued.body["attempt"] == before.attempts + 1 and requeued.message_id != f"{alive.id}:1" and ops.queue.dead == {}
+    ops.drive(alive.id)
+    assert ops.ledger.get(alive.id).status is NotificationStatus.SENT
+    assert sends(ops, alive.id) == 1
 
 
 def test_every_replay_is_audited_with_who_when_what_filter_and_each_outcome(ops):
