@@ -821,6 +821,20 @@ class TableLedger:
             {"pk": partition, "end": to_text(cutoff + timedelta(microseconds=1))},
             page_size=min(max(limit, 10), 1000),
         )
+        def judge(entry: TableEntity, entity: TableEntity | None, n: Notification | None) -> tuple[bool, bool]:
+            return n is not None and applies(n), self._is_stale(partition, entry, n, entity, cutoff)
+
+        return self._named_by(entries, limit, judge)
+
+    def _named_by(
+        self,
+        entries: Iterator[TableEntity],
+        limit: int,
+        judge: Callable[[TableEntity, TableEntity | None, Notification | None], tuple[bool, bool]],
+    ) -> list[Notification]:
+        """Up to ``limit`` notifications named by index ``entries``, in their order: each entry's
+        notification is read and ``judge`` says whether the entry holds for it (keep it) and
+        whether the entry is provably stale (delete it, see the module docstring)."""
         found: dict[str, Notification] = {}
         stale: list[TableEntity] = []
         while len(found) < limit:
@@ -830,9 +844,10 @@ class TableLedger:
             loaded = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), page)
             for entry, entity in zip(page, loaded):
                 n = self._load(entity) if entity is not None else None
-                if n is not None and applies(n):
+                keep, dead_entry = judge(entry, entity, n)
+                if keep:
                     found.setdefault(n.id, n)
-                if self._is_stale(partition, entry, n, entity, cutoff):
+                if dead_entry:
                     stale.append(entry)
         if stale:
             self._store.map(
@@ -874,25 +889,14 @@ class TableLedger:
             query_filter += " and reason eq @reason"
             parameters["reason"] = reason
         entries = self._store.query(FOLLOWUPS, query_filter, parameters, page_size=min(max(limit, 10), 1000))
-        found: dict[str, Notification] = {}
-        stale: list[TableEntity] = []
-        while len(found) < limit:
-            page = [e for _, e in zip(range(limit - len(found)), entries)]
-            if not page:
-                break
-            loaded = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), page)
-            for entry, entity in zip(page, loaded):
-                n = self._load(entity) if entity is not None else None
-                current = _Indexed.of(n).followups(encode_key(n.id)).get(DEAD_LETTERS) if n else None
-                if current == entry["RowKey"]:
-                    found.setdefault(n.id, n)
-                elif self._is_stale_dead_letter(entry, entity):
-                    stale.append(entry)
-        if stale:
-            self._store.map(
-                lambda e: self._store.delete(FOLLOWUPS, e["PartitionKey"], e["RowKey"], e.metadata["etag"]), stale
-            )
-        return list(found.values())[:limit]
+
+        def judge(entry: TableEntity, entity: TableEntity | None, n: Notification | None) -> tuple[bool, bool]:
+            current = _Indexed.of(n).followups(encode_key(n.id)).get(DEAD_LETTERS) if n else None
+            if current == entry["RowKey"]:
+                return True, False
+            return False, self._is_stale_dead_letter(entry, entity)
+
+        return self._named_by(entries, limit, judge)
 
     @staticmethod
     def _is_stale_dead_letter(entry: TableEntity, entity: TableEntity | None) -> bool:
