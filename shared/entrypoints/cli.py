@@ -210,6 +210,8 @@ ReasonOption = typer.Option(None, "--reason", help="Only this dead-letter reason
 SinceOption = typer.Option(None, "--since", help="Dead-lettered since: an ISO-8601 time, or a duration ago (30m, 2h, 1d).")
 LimitOption = typer.Option(100, "--limit", min=1, max=10000, help="At most this many, newest first.")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+IdsArgument = typer.Argument(None, metavar="[ID]...", help="Dead letters by id (else by the filters).")
+AllOption = typer.Option(False, "--all", help="Every dead letter (up to --limit).")
 
 
 def _actor() -> str:
@@ -342,12 +344,12 @@ def _print_result(result: operator.OperatorResult, as_json: bool) -> None:
 
 @dlq_cli.command("replay")
 def dlq_replay(
-    ids: Optional[list[str]] = typer.Argument(None, metavar="[ID]...", help="Dead letters by id (else by the filters)."),
+    ids: Optional[list[str]] = IdsArgument,
     channel: Optional[Channel] = ChannelOption,
     reason: Optional[str] = ReasonOption,
     since: Optional[str] = SinceOption,
     limit: int = LimitOption,
-    everything: bool = typer.Option(False, "--all", help="Every dead letter (up to --limit)."),
+    everything: bool = AllOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be replayed; change nothing."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.1, help="At most this many replays per second."),
     as_json: bool = JsonOption,
@@ -379,12 +381,12 @@ def dlq_replay(
 
 @dlq_cli.command("purge")
 def dlq_purge(
-    ids: Optional[list[str]] = typer.Argument(None, metavar="[ID]...", help="Dead letters by id (else by the filters)."),
+    ids: Optional[list[str]] = IdsArgument,
     channel: Optional[Channel] = ChannelOption,
     reason: Optional[str] = ReasonOption,
     since: Optional[str] = SinceOption,
     limit: int = LimitOption,
-    everything: bool = typer.Option(False, "--all", help="Every dead letter (up to --limit)."),
+    everything: bool = AllOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = JsonOption,
 ) -> None:
