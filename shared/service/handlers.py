@@ -134,10 +134,21 @@ def submit_notification(
                 # Also covers a first request that crashed between the ledger write and the enqueue.
                 # The next attempt: 1, unless a replay that stopped before its enqueue left it unqueued.
                 publisher.send(dispatch_message(stored.id, stored.attempts + 1))
-                stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
+                stored = _mark_queued(ledger, stored, clock.now())
             if created:
                 _accepted(stored)
     return stored, created
+
+
+def _mark_queued(ledger: Ledger, n: Notification, at: datetime) -> Notification:
+    """The "queued" mark: saved on the copy in hand, which is usually still the latest (one write,
+    no read); re-read and applied like any change when a dispatcher got there first."""
+    n.mark_queued(at)
+    try:
+        ledger.save(n)
+    except ConcurrencyConflict:
+        n, _ = _modify(ledger, n.id, lambda latest: latest.queued_at or latest.mark_queued(at))
+    return n
 
 
 def _accepted(n: Notification) -> None:
