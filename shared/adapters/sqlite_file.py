@@ -10,12 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 
-#: A checkpoint (the WAL copied back into the database, with an fsync) once the WAL holds this many
-#: 4 KiB pages, about 40 MB, rather than SQLite's default 1,000: each checkpoint's fsync is paid by
-#: the commit that triggers it, and at the default every hundredth accepted notification or so
-#: paid one (a third more time per write transaction, measured on the intake's writes).
-WAL_CHECKPOINT_PAGES = 10_000
-
 _writers: dict[str, threading.RLock] = {}
 _writers_guard = threading.Lock()
 
@@ -34,7 +28,6 @@ class SqliteFile:
       (``BEGIN IMMEDIATE``), so two processes cannot both read a row and then both change it.
     * WAL lets readers run beside the one writer; ``synchronous=NORMAL`` in WAL mode loses at most
       the last transactions on power loss and never corrupts, a fair trade for a local stack.
-      Checkpoints come every ``WAL_CHECKPOINT_PAGES`` pages.
     * ``busy_timeout`` is set first, so switching to WAL waits for a concurrent opener.
     * A connection inherited through ``fork()`` is never used by the child.
     """
@@ -57,7 +50,6 @@ class SqliteFile:
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             self._local.conn, self._local.pid = conn, os.getpid()
             with self._lock:
                 self._opened.append(conn)
