@@ -645,6 +645,8 @@ def apply_delivery_reports(
 def _report_span(notification: Notification, report: DeliveryReport) -> ContextManager[Span]:
     """A span per delivery report, in Event Grid's trace, linked to the trace that accepted the
     notification: an operator can walk from the request to its outcome."""
+    if not obs.tracing():
+        return obs.NOT_RECORDED
     attributes = {
         "notify.notification.id": notification.id,
         "notify.channel": notification.channel.value,
@@ -666,6 +668,8 @@ def _recipient_outcome(notification: Notification, recipient: Recipient, now: da
     took = obs.since(notification.created_at, now)
     if recipient.status is RecipientStatus.DELIVERED:
         obs.delivery_duration.record(took, {"channel": channel})
+    if not log.isEnabledFor(logging.INFO):
+        return  # the keyed hash below is the dearest part of a report that nothing would log
     log.info(
         "notification %s: a recipient is now %s after %.1fs", notification.id, status, took,
         extra={
