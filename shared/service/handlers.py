@@ -636,8 +636,7 @@ def apply_delivery_reports(
         reports = per_notification[lost.id]
         _modify(ledger, lost.id, lambda n: [n.apply_report(r, clock.now()) for r in reports])
     # After the ledger write: a crash in between loses a suppression, never a report.
-    for entry in to_suppress:
-        suppressions.add(entry)
+    suppressions.add_many(to_suppress)
     summary.notifications = set(touched)
     return summary
 

@@ -202,6 +202,11 @@ class SuppressionList(Protocol):
     def add(self, entry: Suppression) -> bool:
         """Add an entry; False (and nothing changed) when the recipient is already listed."""
 
+    def add_many(self, entries: Iterable[Suppression]) -> int:
+        """``add`` for each entry, in order (so of two for one recipient the first stays); returns
+        how many were added. Where the store allows, in one write: a batch of delivery reports
+        carries a hundred bounces."""
+
     def remove(self, channel: Channel, address: str) -> bool: ...
 
     def find(self, channel: Channel, addresses: Iterable[str]) -> dict[str, Suppression]:
