@@ -125,11 +125,12 @@ class SqliteLedger:
     @staticmethod
     def _columns(n: Notification) -> dict:
         waiting = [r.updated_at for r in n.recipients if r.status is RecipientStatus.SENT and r.updated_at]
-        dead = n.dead_letter if n.status is NotificationStatus.DEAD_LETTERED else None
+        status = n.status  # derived from the recipients each time it is read
+        dead = n.dead_letter if status is NotificationStatus.DEAD_LETTERED else None
         return {
             "id": n.id,
             "channel": n.channel.value,
-            "status": n.status.value,
+            "status": status.value,
             "created_at": _ts(n.created_at),
             "updated_at": _ts(n.updated_at),
             "idempotency_key": n.idempotency_key,

@@ -91,14 +91,22 @@ def count_outcome(channel: str, status: str, n: int = 1, *, source: str = "deliv
 # ------------------------------------------------------------------------------ context
 
 
-@contextmanager
-def about(notification_id: str) -> Iterator[None]:
-    """Every log line inside is about this notification."""
-    token = current_notification.set(notification_id)
-    try:
-        yield
-    finally:
-        current_notification.reset(token)
+class about:
+    """Every log line inside is about this notification.
+
+    A class rather than a ``@contextmanager`` generator: it is entered once per delivery report,
+    a thousand times a batch, and costs a quarter as much."""
+
+    __slots__ = ("_notification_id", "_token")
+
+    def __init__(self, notification_id: str) -> None:
+        self._notification_id = notification_id
+
+    def __enter__(self) -> None:
+        self._token = current_notification.set(self._notification_id)
+
+    def __exit__(self, *exc_info: object) -> None:
+        current_notification.reset(self._token)
 
 
 def tracing() -> bool:
