@@ -334,8 +334,10 @@ class Notification(BaseModel):
     _published_statuses: list[RecipientStatus] = PrivateAttr(default_factory=list)
 
     def model_post_init(self, context: Any) -> None:
-        # A stored notification's statuses already had their events, written with them.
-        self._published_statuses = [r.status for r in self.recipients]
+        # A stored notification's statuses already had their events, written with them. (Written
+        # to pydantic's private-values dict directly, as ``_derive_status_events`` reads it: once
+        # per notification a batch of reports loads.)
+        self.__pydantic_private__["_published_statuses"] = [r.status for r in self.recipients]
 
     # ---------------------------------------------------------------- creation
 

@@ -610,12 +610,13 @@ def apply_delivery_reports(
     per_notification: dict[str, list[DeliveryReport]] = {}
     to_suppress: list[Suppression] = []
     now = clock.now()
+    tracing = obs.tracing()
     for report in cmd.reports:
         notification = owners.get(report.message_id)
         if notification is None:
             continue
         per_notification.setdefault(notification.id, []).append(report)
-        with obs.about(notification.id), _report_span(notification, report) as span:
+        with obs.about(notification.id), _report_span(notification, report, tracing) as span:
             before = [r.status for r in notification.recipients]
             if not notification.apply_report(report, now):
                 summary.duplicates += 1
@@ -641,10 +642,11 @@ def apply_delivery_reports(
     return summary
 
 
-def _report_span(notification: Notification, report: DeliveryReport) -> ContextManager[Span]:
+def _report_span(notification: Notification, report: DeliveryReport, tracing: bool) -> ContextManager[Span]:
     """A span per delivery report, in Event Grid's trace, linked to the trace that accepted the
-    notification: an operator can walk from the request to its outcome."""
-    if not obs.tracing():
+    notification: an operator can walk from the request to its outcome. ``tracing``: whether spans
+    are recorded (``obs.tracing()``, asked once per batch)."""
+    if not tracing:
         return obs.NOT_RECORDED
     attributes = {
         "notify.notification.id": notification.id,
