@@ -607,7 +607,6 @@ def apply_delivery_reports(
         ledger.park_reports(orphans, clock.now())
         summary.parked = len(orphans)
     touched: dict[str, Notification] = {}
-    per_notification: dict[str, list[DeliveryReport]] = {}
     to_suppress: list[Suppression] = []
     now = clock.now()
     tracing = obs.tracing()
@@ -615,7 +614,6 @@ def apply_delivery_reports(
         notification = owners.get(report.message_id)
         if notification is None:
             continue
-        per_notification.setdefault(notification.id, []).append(report)
         with obs.about(notification.id), _report_span(notification, report, tracing) as span:
             before = [r.status for r in notification.recipients]
             if not notification.apply_report(report, now):
@@ -634,7 +632,9 @@ def apply_delivery_reports(
                 for a in notification.newly_suppressing(report)
             ]
     for lost in ledger.save_many(list(touched.values())):
-        reports = per_notification[lost.id]
+        # Another writer won the race (rare): its reports, picked out of the batch again, go onto
+        # the stored copy.
+        reports = [r for r in cmd.reports if owners.get(r.message_id) is lost]
         _modify(ledger, lost.id, lambda n: [n.apply_report(r, clock.now()) for r in reports])
     # After the ledger write: a crash in between loses a suppression, never a report.
     suppressions.add_many(to_suppress)
