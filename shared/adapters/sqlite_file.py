@@ -10,6 +10,22 @@ from pathlib import Path
 from typing import Iterator
 
 
+#: A checkpoint (the WAL copied back into the database, with an fsync) once the WAL holds this many
+#: 4 KiB pages, about 40 MB, rather than SQLite's default 1,000: each checkpoint's fsync is paid by
+#: the commit that triggers it, and at the default every hundredth accepted notification or so
+#: paid one (a third more time per write transaction, measured on the intake's writes).
+WAL_CHECKPOINT_PAGES = 10_000
+
+_writers: dict[str, threading.RLock] = {}
+_writers_guard = threading.Lock()
+
+
+def _writer(path: Path) -> threading.RLock:
+    key = os.path.realpath(path)
+    with _writers_guard:
+        return _writers.setdefault(key, threading.RLock())
+
+
 class SqliteFile:
     """One connection per thread and process, in autocommit mode, with WAL.
 
@@ -18,6 +34,7 @@ class SqliteFile:
       (``BEGIN IMMEDIATE``), so two processes cannot both read a row and then both change it.
     * WAL lets readers run beside the one writer; ``synchronous=NORMAL`` in WAL mode loses at most
       the last transactions on power loss and never corrupts, a fair trade for a local stack.
+      Checkpoints come every ``WAL_CHECKPOINT_PAGES`` pages.
     * ``busy_timeout`` is set first, so switching to WAL waits for a concurrent opener.
     * A connection inherited through ``fork()`` is never used by the child.
     """
@@ -29,6 +46,7 @@ class SqliteFile:
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = _writer(self.path)
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -39,6 +57,7 @@ class SqliteFile:
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             self._local.conn, self._local.pid = conn, os.getpid()
             with self._lock:
                 self._opened.append(conn)
@@ -47,13 +66,14 @@ class SqliteFile:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection opened in this process, every thread's: call it only once no
