@@ -54,7 +54,9 @@ class Ledger(Protocol):
         (not saved, to be re-read and retried)."""
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
-        """Notifications that own the given ACS message ids, keyed by message id."""
+        """Notifications that own the given ACS message ids, keyed by message id; the message ids
+        of one notification map to one and the same copy of it, so that a batch's reports for
+        several of its recipients all change what is saved."""
 
     def park_reports(self, reports: Iterable[DeliveryReport], at: datetime) -> None:
         """Keep reports whose message id no notification owns yet (they can beat the dispatcher).
