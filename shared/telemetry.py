@@ -249,9 +249,4 @@ class _TracedWhileRecording:
         self.app, self._plain = traced, plain
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await (self.app if tracing() else self._plain)(scope, receive, send)
-
-
-def tracing() -> bool:
-    """Whether this process has a tracer provider that records (configured here, or by a test)."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+        await (self.app if observability.tracing() else self._plain)(scope, receive, send)

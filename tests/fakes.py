@@ -331,6 +331,9 @@ class FakeSuppressionList:
         self.entries[key] = entry
         return True
 
+    def add_many(self, entries) -> int:
+        return sum(self.add(entry) for entry in entries)
+
     def remove(self, channel: Channel, address: str) -> bool:
         return self.entries.pop((channel, self._key(channel, address)), None) is not None
 

@@ -12,6 +12,7 @@ PROBE = """
 import json, logging
 from opentelemetry import metrics, trace
 from shared import bootstrap
+from shared.service import observability
 bootstrap.services("probe")
 provider = trace.get_tracer_provider()
 processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
@@ -22,6 +23,7 @@ print(json.dumps({
     "processors": [type(p).__name__ for p in processors],
     "exporters": exporters,
     "log_filters": [[type(f).__name__ for f in h.filters] for h in logging.getLogger().handlers],
+    "tracing": observability.tracing(),
 }))
 """
 
@@ -38,6 +40,7 @@ def test_with_an_app_insights_connection_string_everything_goes_to_azure_monitor
     found = probe(APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/")
 
     assert (found["tracer"], found["meter"]) == ("TracerProvider", "MeterProvider")
+    assert found["tracing"]
     assert "AzureMonitorTraceExporter" in found["exporters"]
     # Recipients are masked before the exporting (batch) processor sees a span.
     assert found["processors"].index("MaskRecipients") < found["processors"].index("BatchSpanProcessor")
@@ -47,7 +50,10 @@ def test_with_an_app_insights_connection_string_everything_goes_to_azure_monitor
 def test_locally_the_console_exporter_is_used_only_when_asked_for():
     console = probe(TELEMETRY_EXPORTER="console")
     assert console["tracer"] == "TracerProvider" and "ConsoleSpanExporter" in console["exporters"]
+    assert console["tracing"]
 
     quiet = probe(TELEMETRY_EXPORTER="none")
     assert quiet["tracer"] == "ProxyTracerProvider" and quiet["processors"] == []
+    # Nothing would record them: per-report spans are skipped, not opened as no-ops.
+    assert not quiet["tracing"]
     assert all("LogContext" in filters for filters in quiet["log_filters"])

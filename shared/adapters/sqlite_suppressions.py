@@ -43,20 +43,32 @@ class SqliteSuppressionList:
             notification_id=notification_id,
         )
 
-    def add(self, entry: Suppression) -> bool:
-        cursor = self._db().execute(
-            "INSERT OR IGNORE INTO suppressions (channel, address_key, address, reason, created_at, notification_id)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                entry.channel.value,
-                Suppression.key(entry.channel, entry.address),
-                entry.address,
-                entry.reason,
-                entry.created_at.timestamp(),
-                entry.notification_id,
-            ),
+    _INSERT = (
+        "INSERT OR IGNORE INTO suppressions (channel, address_key, address, reason, created_at, notification_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    )
+
+    @staticmethod
+    def _row(entry: Suppression) -> tuple:
+        return (
+            entry.channel.value,
+            Suppression.key(entry.channel, entry.address),
+            entry.address,
+            entry.reason,
+            entry.created_at.timestamp(),
+            entry.notification_id,
         )
-        return cursor.rowcount == 1
+
+    def add(self, entry: Suppression) -> bool:
+        return self._db().execute(self._INSERT, self._row(entry)).rowcount == 1
+
+    def add_many(self, entries: Iterable[Suppression]) -> int:
+        rows = [self._row(e) for e in entries]
+        if not rows:
+            return 0
+        # One transaction, not one commit per entry: each commit is a WAL write of its own.
+        with self._file.transaction() as db:
+            return db.executemany(self._INSERT, rows).rowcount
 
     def remove(self, channel: Channel, address: str) -> bool:
         cursor = self._db().execute(

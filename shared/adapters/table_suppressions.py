@@ -48,6 +48,11 @@ class TableSuppressionList:
             entity["notification_id"] = entry.notification_id
         return self._store.create(SUPPRESSIONS, entity)
 
+    def add_many(self, entries: Iterable[Suppression]) -> int:
+        # One request each: an entity group transaction fails whole when one of its entities
+        # exists, and a recipient already listed must not keep the others off the list.
+        return sum(self.add(entry) for entry in entries)
+
     def remove(self, channel: Channel, address: str) -> bool:
         row = encode_key(Suppression.key(channel, address))
         while True:

@@ -8,6 +8,7 @@ masks the same way.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
@@ -27,6 +28,9 @@ def mask_recipient(address: str) -> str:
     return f"{plus}{digits[:1]}{'*' * (len(digits) - 5)}{digits[-4:]}"
 
 
+# ACS words its reasons from a small set ("550 5.1.1 ... does not exist"): a batch of reports masks
+# the same few texts over and over.
+@functools.lru_cache(maxsize=1024)
 def mask_text(text: str) -> str:
     """Free text (an ACS bounce reason quotes the address it bounced) with every email address
     and phone number in it masked."""

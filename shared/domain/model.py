@@ -15,6 +15,7 @@ however often, each recipient ends on the highest-ranked status any report claim
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -139,6 +140,16 @@ _RECIPIENT_STATUS_EVENTS = {
     "bounced": StatusEventType.BOUNCED,
 }
 _STATUS_EVENT_NAMESPACE = uuid.UUID("5d2f8c1e-7b3a-4e62-9f0d-c4a1b8e93a27")
+# uuid5 is SHA-1 over the namespace's bytes and then the name: hashing on from a copy of the
+# namespace's state gives the same ids without hashing the namespace again for each event.
+_STATUS_EVENT_ID_HASH = hashlib.sha1(_STATUS_EVENT_NAMESPACE.bytes, usedforsecurity=False)
+
+
+def _status_event_id(key: str) -> str:
+    """``uuid.uuid5(_STATUS_EVENT_NAMESPACE, key)``, a third cheaper (a thousand per report batch)."""
+    digest = _STATUS_EVENT_ID_HASH.copy()
+    digest.update(key.encode("utf-8"))
+    return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
 
 
 class StatusEvent(BaseModel):
@@ -323,8 +334,10 @@ class Notification(BaseModel):
     _published_statuses: list[RecipientStatus] = PrivateAttr(default_factory=list)
 
     def model_post_init(self, context: Any) -> None:
-        # A stored notification's statuses already had their events, written with them.
-        self._published_statuses = [r.status for r in self.recipients]
+        # A stored notification's statuses already had their events, written with them. (Written
+        # to pydantic's private-values dict directly, as ``_derive_status_events`` reads it: once
+        # per notification a batch of reports loads.)
+        self.__pydantic_private__["_published_statuses"] = [r.status for r in self.recipients]
 
     # ---------------------------------------------------------------- creation
 
@@ -619,10 +632,13 @@ class Notification(BaseModel):
             reason = detail.get("reason") if whole is StatusEventType.DEAD_LETTERED else None
             self._add_status_event(at, whole, reason=reason)
         statuses = [r.status for r in self.recipients]
-        if statuses == self._published_statuses:
+        # ``self._published_statuses`` would cost pydantic a failed lookup and an AttributeError
+        # (about 2 us, 4 % of a batch of reports); its documented private-values dict is a plain read.
+        published = self.__pydantic_private__["_published_statuses"]
+        if statuses == published:
             return
         for index, recipient in enumerate(self.recipients):
-            before = self._published_statuses[index] if index < len(self._published_statuses) else None
+            before = published[index] if index < len(published) else None
             if recipient.status == before:
                 continue
             status = _RECIPIENT_STATUS_EVENTS.get(recipient.status.value)
@@ -645,11 +661,11 @@ class Notification(BaseModel):
                 reason = who.status.value
         # The recipient's position, not its address, goes into the id: ids are published.
         key = f"{self.id}/{sequence}/{status.value}/{'' if index is None else index}"
-        # Built from values this model already validated: skip validating them again (intake
-        # latency is benchmarked).
+        # Validated rather than ``model_construct``ed: pydantic-core checks these already-typed
+        # values faster than ``model_construct`` sets them in Python, and copies the properties.
         self.pending_status_events.append(
-            StatusEvent.model_construct(
-                id=str(uuid.uuid5(_STATUS_EVENT_NAMESPACE, key)),
+            StatusEvent(
+                id=_status_event_id(key),
                 notification_id=self.id,
                 sequence=sequence,
                 status=status,
@@ -659,7 +675,7 @@ class Notification(BaseModel):
                 notification_status=self.status.value,
                 reason=mask_text(reason) if reason else None,
                 correlation_id=self.correlation_id,
-                caller_properties=dict(self.caller_properties),
+                caller_properties=self.caller_properties,
                 at=at,
             )
         )

@@ -25,8 +25,13 @@ def field_of(mapping: Any, *names: str) -> Any:
     """The value of the first of ``names`` present in ``mapping``, ignoring key case."""
     if not isinstance(mapping, dict):
         return None
-    lowered = {str(k).lower(): v for k, v in mapping.items()}
+    lowered = None
     for name in names:
+        # Most events spell the key as documented: fold every key's case only when one does not.
+        if name in mapping:
+            return mapping[name]
+        if lowered is None:
+            lowered = {str(k).lower(): v for k, v in mapping.items()}
         if name.lower() in lowered:
             return lowered[name.lower()]
     return None

@@ -655,15 +655,14 @@ def apply_delivery_reports(
         ledger.park_reports(orphans, clock.now())
         summary.parked = len(orphans)
     touched: dict[str, Notification] = {}
-    per_notification: dict[str, list[DeliveryReport]] = {}
     to_suppress: list[Suppression] = []
     now = clock.now()
+    tracing = obs.tracing()
     for report in cmd.reports:
         notification = owners.get(report.message_id)
         if notification is None:
             continue
-        per_notification.setdefault(notification.id, []).append(report)
-        with obs.about(notification.id), _report_span(notification, report) as span:
+        with obs.about(notification.id), _report_span(notification, report, tracing) as span:
             before = [r.status for r in notification.recipients]
             if not notification.apply_report(report, now):
                 summary.duplicates += 1
@@ -681,18 +680,22 @@ def apply_delivery_reports(
                 for a in notification.newly_suppressing(report)
             ]
     for lost in ledger.save_many(list(touched.values())):
-        reports = per_notification[lost.id]
+        # Another writer won the race (rare): its reports, picked out of the batch again, go onto
+        # the stored copy.
+        reports = [r for r in cmd.reports if owners.get(r.message_id) is lost]
         _modify(ledger, lost.id, lambda n: [n.apply_report(r, clock.now()) for r in reports])
     # After the ledger write: a crash in between loses a suppression, never a report.
-    for entry in to_suppress:
-        suppressions.add(entry)
+    suppressions.add_many(to_suppress)
     summary.notifications = set(touched)
     return summary
 
 
-def _report_span(notification: Notification, report: DeliveryReport) -> ContextManager[Span]:
+def _report_span(notification: Notification, report: DeliveryReport, tracing: bool) -> ContextManager[Span]:
     """A span per delivery report, in Event Grid's trace, linked to the trace that accepted the
-    notification: an operator can walk from the request to its outcome."""
+    notification: an operator can walk from the request to its outcome. ``tracing``: whether spans
+    are recorded (``obs.tracing()``, asked once per batch)."""
+    if not tracing:
+        return obs.NOT_RECORDED
     attributes = {
         "notify.notification.id": notification.id,
         "notify.channel": notification.channel.value,
@@ -714,6 +717,8 @@ def _recipient_outcome(notification: Notification, recipient: Recipient, now: da
     took = obs.since(notification.created_at, now)
     if recipient.status is RecipientStatus.DELIVERED:
         obs.delivery_duration.record(took, {"channel": channel})
+    if not log.isEnabledFor(logging.INFO):
+        return  # the keyed hash below is the dearest part of a report that nothing would log
     log.info(
         "notification %s: a recipient is now %s after %.1fs", notification.id, status, took,
         extra={

@@ -54,7 +54,9 @@ class Ledger(Protocol):
         (not saved, to be re-read and retried)."""
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
-        """Notifications that own the given ACS message ids, keyed by message id."""
+        """Notifications that own the given ACS message ids, keyed by message id; the message ids
+        of one notification map to one and the same copy of it, so that a batch's reports for
+        several of its recipients all change what is saved."""
 
     def park_reports(self, reports: Iterable[DeliveryReport], at: datetime) -> None:
         """Keep reports whose message id no notification owns yet (they can beat the dispatcher).
@@ -201,6 +203,11 @@ class SuppressionList(Protocol):
 
     def add(self, entry: Suppression) -> bool:
         """Add an entry; False (and nothing changed) when the recipient is already listed."""
+
+    def add_many(self, entries: Iterable[Suppression]) -> int:
+        """``add`` for each entry, in order (so of two for one recipient the first stays); returns
+        how many were added. Where the store allows, in one write: a batch of delivery reports
+        carries a hundred bounces."""
 
     def remove(self, channel: Channel, address: str) -> bool: ...
 

@@ -46,6 +46,23 @@ def test_adding_a_listed_recipient_again_changes_nothing(suppressions):
     assert only.created_at == T0 + timedelta(minutes=1)
 
 
+def test_several_recipients_are_added_at_once_and_only_the_new_ones_count(suppressions):
+    suppressions.add(entry("listed@example.com", minutes=1))
+
+    added = suppressions.add_many(
+        [entry("a@example.com", minutes=2), entry("LISTED@example.com", minutes=3), entry("b@example.com", minutes=4),
+         entry("A@example.com", minutes=5)]
+    )
+
+    assert added == 2
+    assert [(e.address, e.created_at) for e in suppressions.list()] == [
+        ("b@example.com", T0 + timedelta(minutes=4)),
+        ("a@example.com", T0 + timedelta(minutes=2)),
+        ("listed@example.com", T0 + timedelta(minutes=1)),
+    ]
+    assert suppressions.add_many([]) == 0
+
+
 def test_channels_are_separate_lists(suppressions):
     suppressions.add(entry("+14255551234", Channel.SMS))
     assert suppressions.find(Channel.EMAIL, ["+14255551234"]) == {}

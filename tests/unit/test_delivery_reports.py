@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from shared.domain.model import Channel, DeliveryReport, NotificationStatus, RecipientStatus
 from shared.entrypoints.eventgrid import read_events
+from tests.fakes import FakeLedger
 from tests.unit.builders import World, email_command, sms_command
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "events"
@@ -205,3 +206,44 @@ def test_a_failed_recipient_keeps_the_reason_acs_gave_and_a_delivered_one_has_no
         report(n.id, "b@example.com", "Failed", "e2").model_copy(update={"detail": "MailboxFull"}),
     )
     assert [r.reason for r in world.ledger.get(n.id).recipients] == [None, "MailboxFull"]
+
+
+class LedgerWithARival(FakeLedger):
+    """Another writer saves first, once, between a batch's read and its write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rival = None
+
+    def save_many(self, notifications):
+        rival, self.rival = self.rival, None
+        if rival is not None:
+            rival(self)
+        return super().save_many(notifications)
+
+
+def test_a_batch_whose_write_loses_a_race_applies_its_reports_to_the_copy_that_won():
+    world = World()
+    world.ledger = LedgerWithARival()
+    n = sent_email(world, "jane@example.com", "bob@example.com")
+    untouched = sent_email(world, "ann@example.com")
+
+    def rival(ledger):  # another batch delivers Bob's copy first
+        theirs = ledger.get(n.id)
+        theirs.apply_report(report(n.id, "bob@example.com", "Delivered", "e0"), world.clock.now())
+        ledger.save(theirs)
+
+    world.ledger.rival = rival
+    world.reports(
+        report(n.id, "jane@example.com", "Bounced", "e1"),
+        report(untouched.id, "ann@example.com", "Delivered", "e2"),
+        report(n.id, "bob@example.com", "Delivered", "e0"),
+    )
+
+    stored = world.ledger.get(n.id)
+    assert [r.status for r in stored.recipients] == [RecipientStatus.BOUNCED, RecipientStatus.DELIVERED]
+    assert stored.applied_event_ids == ["e0", "e1"]
+    assert world.ledger.get(untouched.id).recipients[0].status is RecipientStatus.DELIVERED
+    events = [(e.status.value, e.recipient) for e in world.ledger.outbox.values() if e.status.value in ("delivered", "bounced")]
+    assert sorted(events) == [("bounced", "j***@example.com"), ("delivered", "a***@example.com"), ("delivered", "b***@example.com")]
+    assert list(world.suppressions.find(Channel.EMAIL, ["jane@example.com"])) == ["jane@example.com"]

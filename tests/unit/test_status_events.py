@@ -3,8 +3,9 @@ relay publishes them as CloudEvents in order, retrying with backoff and never dr
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -17,7 +18,7 @@ from shared.domain.errors import (
     Throttled,
 )
 from shared.domain.masking import mask_recipient, mask_text
-from shared.domain.model import Channel, DeliveryReport, InboundSms, Suppression
+from shared.domain.model import Channel, DeliveryReport, InboundSms, Notification, Recipient, Suppression
 from shared.service import handlers
 from shared.service.retry import RetryPolicy
 from shared.service.status_events import Destination, cloud_event, relay_status_events
@@ -179,6 +180,40 @@ def test_the_same_change_derives_the_same_event_id_and_the_id_names_no_recipient
 
     assert [e.id for e in first.pending_status_events] == [e.id for e in second.pending_status_events]
     assert all("jane" not in e.id and len(e.id) == 36 for e in first.pending_status_events)
+
+
+def test_status_events_keep_the_ids_and_content_already_published_for_the_same_changes():
+    # Ids and documents as derived before the report path was made faster: a subscriber that holds
+    # them must recognise a redelivery after an upgrade.
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    n = Notification.accept(
+        channel=Channel.EMAIL, sender="DoNotReply@notify.example.com",
+        recipients=[Recipient(address="jane@example.com"), Recipient(address="bob@example.com", kind="cc")],
+        content={"subject": "s", "text": "t"}, metadata={}, at=at, notification_id="0b7d9c1e-2f3a-4b5c-8d6e-7f8091a2b3c4",
+        correlation_id="order-42", caller_properties={"tenant": "contoso"},
+    )
+    n.mark_queued(at)
+    n.start_attempt(at, lease_until=at)
+    n.finish_attempt()
+    n.record_all_sent(at, n.id)
+    n.apply_report(report(n.id, "jane@example.com", "Delivered", "e1", detail="No error."), at)
+    n.apply_report(report(n.id, "bob@example.com", "Bounced", "e2", detail="550 5.1.1 <bob@example.com> does not exist"), at)
+    n.caller_properties["tenant"] = "changed after the events"
+
+    assert [(e.id, e.sequence, e.status.value, e.recipient) for e in n.pending_status_events] == [
+        ("80d94afe-420c-53e6-b5cc-3d35bcf2bf6a", 1, "accepted", None),
+        ("57008e46-0bd7-525e-997e-0a3aaf70a4fa", 2, "sent", "j***@example.com"),
+        ("81572e7a-f0b8-5dcc-9d13-42e8800b275f", 3, "sent", "b***@example.com"),
+        ("8e86e506-7b23-539d-bd09-689a9f724725", 4, "delivered", "j***@example.com"),
+        ("194a8b4d-4225-53a2-b373-ded8f24816f9", 5, "bounced", "b***@example.com"),
+    ]
+    assert json.loads(n.pending_status_events[-1].model_dump_json()) == {
+        "id": "194a8b4d-4225-53a2-b373-ded8f24816f9", "notification_id": "0b7d9c1e-2f3a-4b5c-8d6e-7f8091a2b3c4",
+        "sequence": 5, "status": "bounced", "channel": "email", "recipient": "b***@example.com",
+        "recipient_status": "bounced", "notification_status": "bounced",
+        "reason": "550 5.1.1 <b***@example.com> does not exist", "correlation_id": "order-42",
+        "caller_properties": {"tenant": "contoso"}, "at": "2026-01-02T03:04:05Z",
+    }
 
 
 def test_recipients_are_masked_to_their_first_letter_domain_and_last_four_digits():

@@ -121,6 +121,27 @@ def test_a_delivery_report_span_links_back_to_the_trace_that_accepted_the_notifi
     assert report.attributes["notify.notification.id"] == notification_id
 
 
+def test_with_telemetry_on_every_report_of_a_batch_has_its_own_span_with_its_effect(telemetry):
+    world = World()
+    first, _ = world.submit(email_command("ada@example.com"))
+    second, _ = world.submit(email_command("alan@example.com"))
+    world.dispatch(first.id)
+    world.dispatch(second.id)
+    telemetry.exporter.clear()
+
+    world.reports(
+        DeliveryReport(event_id="e1", channel=Channel.EMAIL, message_id=first.id, recipient="ada@example.com", status="Delivered"),
+        DeliveryReport(event_id="e2", channel=Channel.EMAIL, message_id=second.id, recipient="alan@example.com", status="Bounced"),
+        DeliveryReport(event_id="e1", channel=Channel.EMAIL, message_id=first.id, recipient="ada@example.com", status="Delivered"),
+    )
+
+    spans = [s for s in telemetry.spans() if s.name == "notify.delivery_report"]
+    assert [(s.attributes["notify.notification.id"], s.attributes["notify.report.effect"]) for s in spans] == [
+        (first.id, "applied"), (second.id, "applied"), (first.id, "duplicate"),
+    ]
+    assert list(spans[1].attributes["notify.recipient.hashes"]) == [hash_recipient("alan@example.com")]
+
+
 def test_spans_know_recipients_only_by_keyed_hash_and_domain_and_never_carry_the_body(client, faked_services, telemetry):
     notification_id = accept_and_dispatch(client, faked_services)
     client.post("/api/events", json=[delivery_report_event(notification_id)], headers=EVENTGRID)
