@@ -380,6 +380,10 @@ def test_a_batch_whose_writes_partly_lose_their_etag_race_applies_every_report_e
         ann_events = [e for e in stored.pending_status_events if e.status == "delivered" and e.recipient.startswith("a")]
         assert len(ann_events) == 1, (n.id, ann_events)
         assert stored.version == (4 if n.id in victim_ids else 3)
+    # And the relay finds each of those deliveries once through the outbox
+    relayed = TableLedger(rival_service, prefix=prefix).pending_status_events(1000)
+    ann_delivered = [e.notification_id for e in relayed if e.status == "delivered" and e.recipient.startswith("a")]
+    assert sorted(ann_delivered) == sorted(n.id for n in notifications)
     handler_side.close()
     rival.close()
 
