@@ -9,7 +9,9 @@ Two servers, each a subprocess on a free loopback port, both up for the whole ru
   serving ``create_api()``), with the settings of ``local.settings.sample.json`` (as
   ``tests/e2e/stack.py`` sets them) and a temp ``NOTIFY_DATA_DIR``. Every request goes the whole
   intake path: dev-key check, JSON parse, validation, SQLite ledger write, enqueue on the embedded
-  queue, ``queued`` write. No worker runs, so nothing is sent and the queue just fills.
+  queue, ``queued`` write (requests that arrive together share these writes: the API's group
+  commit, ``shared/entrypoints/group_commit.py``). No worker runs, so nothing is sent and the
+  queue just fills.
 * bare: a FastAPI app whose only route answers ``POST /api/notifications`` with an empty ``202``
   and does nothing else, served the way ``run_api`` serves ours (``uvicorn.run(app, host, port,
   log_level="warning", access_log=False)``); it is this script run with ``--serve-bare PORT``.
@@ -20,7 +22,8 @@ the sender dev key ``dev-sender-key``). After ``--warmup`` requests per side (no
 ``--requests`` per side are split into ``--rounds`` rounds that alternate bare and ours, so drift
 (CPU frequency, the ledger growing) hits both. Every answer must be ``202``. Latency is measured per
 request with ``time.perf_counter``; requests/s is the measured requests over the summed wall time
-of that side's rounds. Each side's load stops at ``--max-seconds`` whatever it has done (loopback
+of that side's rounds; each server's CPU time (user + system, from ``/proc``) over its measured
+rounds, per request, is printed beside it, steadier than the rates when the machine is busy. Each side's load stops at ``--max-seconds`` whatever it has done (loopback
 only: the servers bind 127.0.0.1). The result is the ratio of requests/s, ours / bare (target: at
 least 0.5). Client and servers share this machine's cores, so the figures are for comparing the two,
 not for capacity planning.
@@ -159,6 +162,15 @@ def load(url: str, count: int, threads: int, max_seconds: float) -> tuple[list[f
     return [x for xs in latencies for x in xs], wall, sum(errors)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
@@ -201,13 +213,16 @@ def main() -> None:
         latencies: dict[str, list[float]] = {"bare": [], "ours": []}
         wall = {"bare": 0.0, "ours": 0.0}
         errors = {"bare": 0, "ours": 0}
+        cpu = {"bare": 0.0, "ours": 0.0}
         per_round = [args.requests // args.rounds + (1 if r < args.requests % args.rounds else 0) for r in range(args.rounds)]
         for r, count in enumerate(per_round):
             for side in (("bare", "ours") if r % 2 == 0 else ("ours", "bare")):
                 left = args.max_seconds - wall[side]
                 if left <= 0:
                     continue
+                before = cpu_seconds(servers[side].pid)
                 lat, seconds, errs = load(urls[side], count, args.threads, left)
+                cpu[side] += cpu_seconds(servers[side].pid) - before
                 latencies[side] += lat
                 wall[side] += seconds
                 errors[side] += errs
@@ -230,7 +245,7 @@ def main() -> None:
         print(
             f"{names[side]}: {len(lat)} x 202 in {wall[side]:.2f} s, {rate[side]:,.0f} requests/s, "
             f"p50 {statistics.median(lat) * 1000:.2f} ms, p99 {percentile(lat, 99) * 1000:.2f} ms, "
-            f"max {max(lat) * 1000:.2f} ms, errors {errors[side]}"
+            f"max {max(lat) * 1000:.2f} ms, errors {errors[side]}, server CPU {cpu[side] / len(lat) * 1000:.2f} ms/request"
         )
     print(f"data dir after the run (ledger + queue): {ledger_files / 1e6:.1f} MB")
     short = [side for side in latencies if len(latencies[side]) + errors[side] < args.requests]
@@ -238,6 +253,9 @@ def main() -> None:
         print(f"stopped by --max-seconds before all requests were made: {', '.join(short)}")
     ratio = rate["ours"] / rate["bare"]
     met = ratio >= TARGET_RATIO and not any(errors.values())
+    # The CPU figure is steadier than the rates on a busy machine: it is what the rate would be
+    # bound by if the server had a core to itself.
+    print(f"server CPU per request, ours / bare: {cpu['ours'] / len(latencies['ours']) / (cpu['bare'] / len(latencies['bare'])):.1f}x")
     print(f"ratio (requests/s, ours / bare): {ratio:.2f} (target: at least {TARGET_RATIO})")
     print(f"RESULT intake_vs_bare_ratio {ratio:.2f} >={TARGET_RATIO} {'met' if met else 'missed'}")
 

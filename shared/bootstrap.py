@@ -35,6 +35,13 @@ class Services:
         telemetry.configure(s, role=role, credential=credential)
 
     @cached_property
+    def stores_in_process(self) -> bool:
+        """Whether the ledger and the queue are files on this machine (SQLite and the embedded
+        queue, the local stack) rather than services across a network."""
+        s = self.settings
+        return s.ledger_backend == "sqlite" and s.queue_backend == "embedded"
+
+    @cached_property
     def clock(self):
         from .adapters.clock import SystemClock
 

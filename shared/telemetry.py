@@ -227,3 +227,31 @@ def instrument_api(app: Any) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="api/health", exclude_spans=["receive", "send"])
+    instrumented = app.build_middleware_stack
+
+    # The instrumentation's middleware costs a fifth of a small request's time even when nothing
+    # records (no exporter configured, the local stack's default), so requests go around it until
+    # a tracer provider is installed. Checked per request: ``configure`` runs when the services are
+    # first built, after the app exists.
+    def build_middleware_stack() -> Any:
+        return _TracedWhileRecording(traced=instrumented(), plain=type(app).build_middleware_stack(app))
+
+    app.build_middleware_stack = build_middleware_stack
+
+
+class _TracedWhileRecording:
+    """An ASGI app: the instrumented middleware stack while a tracer provider records, the plain one
+    otherwise."""
+
+    def __init__(self, *, traced: Any, plain: Any) -> None:
+        # ``app`` names the instrumented stack because FastAPI's own telemetry walks the ``app``
+        # chain for the instrumentation's middleware and, finding it, adds no second server span.
+        self.app, self._plain = traced, plain
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await (self.app if tracing() else self._plain)(scope, receive, send)
+
+
+def tracing() -> bool:
+    """Whether this process has a tracer provider that records (configured here, or by a test)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+_writers: dict[str, threading.RLock] = {}
+_writers_guard = threading.Lock()
+
+
+def _writer(path: Path) -> threading.RLock:
+    key = os.path.realpath(path)
+    with _writers_guard:
+        return _writers.setdefault(key, threading.RLock())
+
+
 class SqliteFile:
     """One connection per thread and process, in autocommit mode, with WAL.
 
@@ -29,6 +39,7 @@ class SqliteFile:
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = _writer(self.path)
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -47,13 +58,14 @@ class SqliteFile:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection opened in this process, every thread's: call it only once no

@@ -124,20 +124,43 @@ def submit_notification(
 ) -> tuple[Notification, bool]:
     """Record and queue a notification. Returns it and whether it is new (False: an earlier
     request with the same idempotency key already created it)."""
-    attributes = {"notify.channel": cmd.channel.value, **obs.recipient_attributes(r.address for r in cmd.recipients)}
-    with obs.span("notify.submit", attributes=attributes) as span:
+    with submitting(cmd) as span:
         stored, created = _record(cmd, ledger=ledger, attachments=attachments, clock=clock)
-        span.set_attribute("notify.notification.id", stored.id)
-        span.set_attribute("notify.idempotent_replay", not created)
         with obs.about(stored.id):
             if stored.queued_at is None:
                 # Also covers a first request that crashed between the ledger write and the enqueue.
                 # The next attempt: 1, unless a replay that stopped before its enqueue left it unqueued.
                 publisher.send(dispatch_message(stored.id, stored.attempts + 1))
-                stored, _ = _modify(ledger, stored.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
-            if created:
-                _accepted(stored)
+                stored = _mark_queued(ledger, stored, clock.now())
+        submitted(span, stored, created)
     return stored, created
+
+
+def submitting(cmd: SubmitNotification) -> ContextManager[Span]:
+    """The span one notification request is taken in; ``submitted`` closes the account."""
+    attributes = {"notify.channel": cmd.channel.value, **obs.recipient_attributes(r.address for r in cmd.recipients)}
+    return obs.span("notify.submit", attributes=attributes)
+
+
+def submitted(span: Span, stored: Notification, created: bool) -> None:
+    """What a taken request leaves behind: its span's attributes, and the accepted metric and log
+    line when it made a new notification."""
+    span.set_attribute("notify.notification.id", stored.id)
+    span.set_attribute("notify.idempotent_replay", not created)
+    if created:
+        with obs.about(stored.id):
+            _accepted(stored)
+
+
+def _mark_queued(ledger: Ledger, n: Notification, at: datetime) -> Notification:
+    """The "queued" mark: saved on the copy in hand, which is usually still the latest (one write,
+    no read); re-read and applied like any change when a dispatcher got there first."""
+    n.mark_queued(at)
+    try:
+        ledger.save(n)
+    except ConcurrencyConflict:
+        n, _ = _modify(ledger, n.id, lambda latest: latest.queued_at or latest.mark_queued(at))
+    return n
 
 
 def _accepted(n: Notification) -> None:
@@ -148,8 +171,10 @@ def _accepted(n: Notification) -> None:
     )
 
 
-def _candidate(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: Clock) -> Notification:
-    """A new notification for a command, its attachments' bytes already stored."""
+def prepare_notification(cmd: SubmitNotification, *, attachments: AttachmentStore, clock: Clock) -> Notification:
+    """A new notification for a command, its attachments' bytes already stored, carrying the
+    current trace context (so made in the request's own context, even when recorded later with
+    others by ``record_notifications``)."""
     notification_id = str(uuid.uuid4())
     content = dict(cmd.content)
     if cmd.attachments:
@@ -191,7 +216,7 @@ def _settle(cmd: SubmitNotification, candidate: Notification, stored: Notificati
 def _record(cmd: SubmitNotification, *, ledger: Ledger, attachments: AttachmentStore, clock: Clock) -> tuple[Notification, bool]:
     """The ledger entry for a command: a new one, or the one that already holds its idempotency
     key (``IdempotencyConflict`` when that one was made from another body)."""
-    candidate = _candidate(cmd, attachments=attachments, clock=clock)
+    candidate = prepare_notification(cmd, attachments=attachments, clock=clock)
     stored = ledger.add(candidate)
     return stored, _settle(cmd, candidate, stored, attachments)
 
@@ -204,29 +229,53 @@ def submit_notifications(
     publisher: MessagePublisher,
     attachments: AttachmentStore,
     clock: Clock,
-) -> list[tuple[Notification, bool] | IdempotencyConflict | AttachmentStoreUnavailable]:
-    """``submit_notification`` for each command, in order, with the same guarantees (ledger
-    entries, then queue messages, then the "queued" marks; idempotency keys as for one request, a
-    key used twice in the same batch included). One outcome per command: the notification and
-    whether it is new, or the error that refused this command alone; nothing is queued for a
-    refused command.
+) -> list[Submitted]:
+    """``submit_notification`` for each command, in order, with the same guarantees; see
+    ``record_notifications``, which writes them. One outcome per command: the notification and
+    whether it is new, or the error that refused this command alone."""
+    prepared: list[tuple[SubmitNotification, Notification | AttachmentStoreUnavailable]] = []
+    for cmd in cmds:
+        try:
+            prepared.append((cmd, prepare_notification(cmd, attachments=attachments, clock=clock)))
+        except AttachmentStoreUnavailable as exc:
+            prepared.append((cmd, exc))
+    outcomes = record_notifications(prepared, ledger=ledger, publisher=publisher, attachments=attachments, clock=clock)
+    for outcome in outcomes:
+        if not isinstance(outcome, NotifyError) and outcome[1]:
+            with obs.about(outcome[0].id):
+                _accepted(outcome[0])
+    return outcomes
+
+
+#: One command's outcome: the notification and whether it is new, or the error that refused it.
+Submitted = tuple[Notification, bool] | IdempotencyConflict | AttachmentStoreUnavailable
+
+
+def record_notifications(
+    prepared: list[tuple[SubmitNotification, Notification | AttachmentStoreUnavailable]],
+    *,
+    ledger: Ledger,
+    publisher: MessagePublisher,
+    attachments: AttachmentStore,
+    clock: Clock,
+) -> list[Submitted]:
+    """Record and queue prepared notifications (``prepare_notification``; or the error that
+    preparing one raised), with ``submit_notification``'s guarantees: ledger entries, then queue
+    messages, then the "queued" marks; idempotency keys as for one request, a key used twice in
+    the same list included. One outcome per command, in order; nothing is queued for a refused
+    command. Each queue message carries its own notification's trace context, so commands from
+    different requests can be recorded together.
 
     One ledger write for all the entries (``add_many``), one for all the queue messages
     (``send_many``) and one for the marks (``save_many``). If the ledger or the queue fails, the
     error is raised; what was recorded but not queued is re-queued by the reconciliation.
     """
-    prepared: list[Notification | AttachmentStoreUnavailable] = []
-    for cmd in cmds:
-        try:
-            prepared.append(_candidate(cmd, attachments=attachments, clock=clock))
-        except AttachmentStoreUnavailable as exc:
-            prepared.append(exc)
-    added = iter(ledger.add_many([c for c in prepared if isinstance(c, Notification)]))
+    added = iter(ledger.add_many([c for _, c in prepared if isinstance(c, Notification)]))
 
-    outcomes: list[tuple[Notification, bool] | IdempotencyConflict | AttachmentStoreUnavailable] = []
+    outcomes: list[Submitted] = []
     latest: dict[str, Notification] = {}  # by id: what the outcomes return
     fresh: list[Notification] = []
-    for cmd, candidate in zip(cmds, prepared):
+    for cmd, candidate in prepared:
         if isinstance(candidate, AttachmentStoreUnavailable):
             outcomes.append(candidate)
             continue
@@ -236,17 +285,16 @@ def submit_notifications(
         except IdempotencyConflict as exc:
             outcomes.append(exc)
             continue
-        if stored.id not in latest:  # the same key twice in this batch: the first one queues it
+        if stored.id not in latest:  # the same key twice in this list: the first one queues it
             latest[stored.id] = stored
             if stored.queued_at is None:
                 fresh.append(stored)
-            if created:
-                with obs.about(stored.id):
-                    _accepted(stored)
         outcomes.append((stored, created))
 
     if fresh:
-        publisher.send_many([dispatch_message(n.id, n.attempts + 1) for n in fresh])
+        publisher.send_many(
+            [dispatch_message(n.id, n.attempts + 1, traceparent=n.trace_context) for n in fresh]
+        )
         now = clock.now()
         for n in fresh:
             n.mark_queued(now)

@@ -1,5 +1,6 @@
 """Checking a token may fetch the tenant's signing keys over the network; an async route that did
-it on the event loop would stall every other request of that worker meanwhile."""
+it on the event loop would stall every other request of that worker meanwhile. With dev keys only
+(no tenant configured) there is nothing to fetch, and the check may run on the loop."""
 
 import asyncio
 
@@ -8,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from shared.entrypoints import api as api_module
 from shared.entrypoints.api import create_api
+from shared.entrypoints.auth import EntraTokenValidator
 
 OPERATOR = {"Authorization": "Bearer test-operator"}
 SENDER = {"Authorization": "Bearer test-sender"}
@@ -41,6 +43,11 @@ def test_routes_check_the_caller_off_the_event_loop(faked_services, monkeypatch,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(api_module, "authenticate", recording)
+    # A tenant is configured (its keys are never needed: the dev keys answer first).
+    faked_services.entra_tokens = EntraTokenValidator(
+        keys_url="http://127.0.0.1:9/keys", issuers=["https://issuer.example"], audiences=["api://notify"],
+        role_map={}, cache_seconds=60, refresh_cooldown_seconds=60,
+    )
     with TestClient(create_api(lambda: faked_services)) as client:
         response = client.request(method, path, headers=headers, json=body)
 
