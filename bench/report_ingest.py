@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.adapters.sqlite_ledger import SqliteLedger  # noqa: E402
 from shared.adapters.sqlite_suppressions import SqliteSuppressionList  # noqa: E402
+from shared.config import Settings  # noqa: E402
 from shared.domain.commands import ApplyDeliveryReports  # noqa: E402
 from shared.domain.model import Channel, Notification, Recipient  # noqa: E402
 from shared.entrypoints.eventgrid import read_events  # noqa: E402
@@ -134,23 +135,27 @@ def one_at_a_time(bodies: list[bytes], ledger: SqliteLedger, suppressions: Sqlit
 
 
 TARGETS = {"sqlite": 5_000.0, "table": 1_000.0}
+DEFAULT_TABLE_CONCURRENCY = Settings.model_fields["table_concurrency"].default
 
 
 @contextmanager
-def ledgers(backend: str, work: Path) -> Iterator[Callable[[str], tuple]]:
-    """A factory of (ledger, suppression list) pairs, one per side, on the chosen backend."""
+def ledgers(backend: str, work: Path, concurrency: int = DEFAULT_TABLE_CONCURRENCY) -> Iterator[Callable[[str], tuple]]:
+    """A factory of (ledger, suppression list) pairs, one per side, on the chosen backend; the
+    Table ones built as ``bootstrap`` builds them, with ``concurrency`` requests in flight."""
     if backend == "sqlite":
         yield lambda side: (SqliteLedger(work / side / "ledger.sqlite3"), SqliteSuppressionList(work / side / "ledger.sqlite3"))
         return
-    from azure.data.tables import TableServiceClient
-
     from shared.adapters.table_ledger import TableLedger
     from shared.adapters.table_suppressions import TableSuppressionList
+    from shared.bootstrap import table_service_client
     from tests import azurite
 
     with azurite.table_endpoint(work) as connection_string:
-        service = TableServiceClient.from_connection_string(connection_string)
-        yield lambda side: (TableLedger(service, prefix=f"b{side[:4]}"), TableSuppressionList(service, prefix=f"b{side[:4]}"))
+        service = table_service_client(connection_string=connection_string, concurrency=concurrency)
+        yield lambda side: (
+            TableLedger(service, prefix=f"b{side[:4]}", concurrency=concurrency),
+            TableSuppressionList(service, prefix=f"b{side[:4]}", concurrency=concurrency),
+        )
 
 
 def main() -> None:
@@ -159,6 +164,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch (one notification each)")
     parser.add_argument("--backend", choices=list(TARGETS), default="sqlite",
                         help="the embedded ledger, or Table Storage on Azurite (started from node_modules)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_TABLE_CONCURRENCY,
+                        help="TABLE_CONCURRENCY of the Table adapters (default: the setting's default)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     target = TARGETS[args.backend]
@@ -166,7 +173,7 @@ def main() -> None:
     total = args.batches * args.batch_size
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
-        with ledgers(args.backend, work) as make:
+        with ledgers(args.backend, work, args.concurrency) as make:
             started = time.perf_counter()
             sides = {}
             for side in ("baseline", "batched"):

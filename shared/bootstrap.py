@@ -120,19 +120,19 @@ class Services:
 
     @cached_property
     def table_service(self):
-        from azure.data.tables import TableServiceClient
-
         s = self.settings
         if s.tables_connection_string:
-            return TableServiceClient.from_connection_string(s.tables_connection_string)
-        return TableServiceClient(endpoint=s.tables_endpoint, credential=self.azure_credential)
+            return table_service_client(connection_string=s.tables_connection_string, concurrency=s.table_concurrency)
+        return table_service_client(
+            endpoint=s.tables_endpoint, credential=self.azure_credential, concurrency=s.table_concurrency
+        )
 
     @cached_property
     def ledger(self):
         if self.settings.ledger_backend == "table":
             from .adapters.table_ledger import TableLedger
 
-            return TableLedger(self.table_service)
+            return TableLedger(self.table_service, concurrency=self.settings.table_concurrency)
         from .adapters.sqlite_ledger import SqliteLedger
 
         return SqliteLedger(self.settings.data_dir / "ledger.sqlite3")
@@ -162,7 +162,7 @@ class Services:
         if self.settings.ledger_backend == "table":
             from .adapters.table_suppressions import TableSuppressionList
 
-            return TableSuppressionList(self.table_service)
+            return TableSuppressionList(self.table_service, concurrency=self.settings.table_concurrency)
         from .adapters.sqlite_suppressions import SqliteSuppressionList
 
         return SqliteSuppressionList(self.settings.data_dir / "ledger.sqlite3")
@@ -258,6 +258,29 @@ class Services:
 
         client = SmsClient(self.settings.acs_endpoint, self._acs_credential(), **self._acs_client_options())
         return AcsSmsSender(client)
+
+
+def table_service_client(*, concurrency: int, connection_string: str | None = None, endpoint: str | None = None,
+                         credential=None):
+    """A Table Storage client whose connection pool holds ``concurrency`` connections: each Table
+    adapter keeps that many requests in flight, and past the pool's size (ten by default) every
+    extra request would open a connection (a TLS handshake in Azure) and drop it afterwards."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.data.tables import TableServiceClient
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    # Retries are the SDK pipeline's job, as on the session the SDK would build itself.
+    adapter = requests.adapters.HTTPAdapter(
+        pool_maxsize=max(concurrency, 10), max_retries=Retry(total=False, redirect=False, raise_on_status=False)
+    )
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, adapter)
+    transport = RequestsTransport(session=session, session_owner=True)
+    if connection_string:
+        return TableServiceClient.from_connection_string(connection_string, transport=transport)
+    return TableServiceClient(endpoint=endpoint, credential=credential, transport=transport)
 
 
 _lock = threading.Lock()

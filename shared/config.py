@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     tables_endpoint: str | None = Field(None, alias="TABLES_ENDPOINT")
     # Only for Azurite on a laptop; in Azure the identity authenticates against TABLES_ENDPOINT.
     tables_connection_string: str | None = Field(None, alias="TABLES_CONNECTION_STRING")
+    # Requests each Table Storage adapter keeps in flight when a batch touches many partitions (a
+    # batch of delivery reports reads and writes one notification each); also the connection pool.
+    table_concurrency: int = Field(8, alias="TABLE_CONCURRENCY", ge=1, le=64)
     # The same setting the Service Bus trigger's identity-based connection reads.
     servicebus_namespace: str | None = Field(None, alias="ServiceBusConnection__fullyQualifiedNamespace")
 

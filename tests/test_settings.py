@@ -31,6 +31,8 @@ def settings_with(**changes):
         ({"EMAIL_WARMUP_START": "soon", "EMAIL_WARMUP_HOURLY": "50,100"}, "EMAIL_WARMUP_START"),
         ({"EMAIL_RATE_PER_MINUTE": "-1"}, "EMAIL_RATE_PER_MINUTE"),
         ({"LEDGER_BACKEND": "table"}, "TABLES_ENDPOINT"),
+        ({"TABLE_CONCURRENCY": "0"}, "TABLE_CONCURRENCY"),
+        ({"TABLE_CONCURRENCY": "65"}, "TABLE_CONCURRENCY"),
         ({"QUEUE_BACKEND": "servicebus"}, "ServiceBusConnection__fullyQualifiedNamespace"),
         ({"LEDGER_BACKEND": "mongodb"}, "LEDGER_BACKEND"),
         ({"FAILURE_RATE_WARNING": "0.05", "FAILURE_RATE_CRITICAL": "0.02"}, "FAILURE_RATE_CRITICAL"),
@@ -191,3 +193,13 @@ def test_empty_telemetry_and_entra_settings_count_as_unset():
     assert settings.applicationinsights_connection_string is None
     assert settings.applicationinsights_authentication_string is None
     assert settings.entra_tenant_id is None
+
+
+def test_bootstrap_builds_the_table_adapters_with_the_table_concurrency_setting():
+    from shared.bootstrap import Services
+
+    services = Services(settings_with(**AZURE, TABLE_CONCURRENCY="24"))
+    assert services.ledger._store._concurrency == 24
+    assert services.suppressions._store._concurrency == 24
+    adapter = services.table_service._client._client._pipeline._transport.session.get_adapter("https://")
+    assert adapter._pool_maxsize == 24

@@ -275,6 +275,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           value: tablesEndpoint
         }
         {
+          // Table requests in flight per adapter when a batch of delivery reports touches many
+          // notifications; raise it when the account's latency, not the CPU, is the limit.
+          name: 'TABLE_CONCURRENCY'
+          value: '8'
+        }
+        {
           // ACS_ENDPOINT without ACS_ACCESS_KEY: the managed identity authenticates.
           name: 'ACS_ENDPOINT'
           value: acsEndpoint

@@ -28,10 +28,10 @@ Tables (``<prefix><name>``, created on first use):
 * ``save`` reads the entity (a few small properties), refuses when ``version`` differs, and
   replaces it conditionally on the ETag it read: a 412 means another writer came between, and
   is the same ``ConcurrencyConflict``. Each notification is its own partition, so ``save_many``
-  is one conditional write per notification (run concurrently), not one transaction. The read is
-  skipped when this adapter read or wrote that very version recently (it remembers version, ETag
-  and index columns of the last 4,096), so a read-modify-save is one read and one write; a
-  remembered ETag that is stale is just a 412.
+  is one conditional write per notification (``TABLE_CONCURRENCY`` of them at once), not one
+  transaction. The read is skipped when this adapter read or wrote that very version recently (it
+  remembers version, ETag and index columns of the last 4,096), so a read-modify-save is one read
+  and one write; a remembered ETag that is stale is just a 412.
 * An email's ACS message id is its operation id, which is the notification id, so
   ``find_by_message_ids`` tries a point read of the notification before the ``messageids`` index.
 * ``add`` creates the idempotency-key entity first (409: the key is taken, return its holder),
@@ -109,7 +109,9 @@ R = TypeVar("R")
 
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,47}")
 _BATCH = 100  # operations per entity-group transaction
-_WORKERS = 8  # concurrent requests per adapter (requests' default pool holds 10 connections)
+#: Requests one adapter keeps in flight when it reads or writes many partitions at once (the
+#: ``TABLE_CONCURRENCY`` setting); the client's connection pool must hold as many connections.
+DEFAULT_CONCURRENCY = 8
 
 
 def to_text(value: datetime) -> str:
@@ -148,9 +150,14 @@ class TableStore:
     """The tables of one adapter, created on first use, and the calls it makes on them, with
     the expected HTTP answers (409, 412, 404) turned into return values."""
 
-    def __init__(self, service: TableServiceClient, prefix: str, names: Iterable[str]) -> None:
+    def __init__(
+        self, service: TableServiceClient, prefix: str, names: Iterable[str], *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
         if not _PREFIX.fullmatch(prefix):
             raise ValueError(f"a table prefix is a letter then up to 47 letters or digits, got {prefix!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency is at least 1, got {concurrency}")
+        self._concurrency = concurrency
         self._service = service
         self._names = {name: f"{prefix}{name}" for name in names}
         too_long = [table for table in self._names.values() if len(table) > 63]
@@ -271,14 +278,14 @@ class TableStore:
         self.map(delete, list(_batches({"PartitionKey": pk, "RowKey": rk} for pk, rk in keys)))
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``[fn(item) for item in items]``, with up to a few requests in flight at once."""
+        """``[fn(item) for item in items]``, with up to ``concurrency`` of them in flight at once."""
         items = list(items)
-        if len(items) <= 1:
+        if len(items) <= 1 or self._concurrency == 1:
             return [fn(item) for item in items]
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="table-store")
+                    self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="table-store")
         return list(self._pool.map(fn, items))
 
     def close(self) -> None:
@@ -479,8 +486,10 @@ class _SeenEntities:
 class TableLedger:
     """The ``Ledger`` port over Azure Table Storage; see the module docstring for the layout."""
 
-    def __init__(self, service: TableServiceClient, *, prefix: str = "notify") -> None:
-        self._store = TableStore(service, prefix, _TABLES)
+    def __init__(
+        self, service: TableServiceClient, *, prefix: str = "notify", concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
+        self._store = TableStore(service, prefix, _TABLES, concurrency=concurrency)
         self._seen = _SeenEntities()
 
     # ------------------------------------------------------------------ entities

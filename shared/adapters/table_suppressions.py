@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from azure.data.tables import TableEntity, TableServiceClient
 
 from ..domain.model import Channel, Suppression
-from .table_ledger import TableStore, encode_key, from_text, to_text
+from .table_ledger import DEFAULT_CONCURRENCY, TableStore, encode_key, from_text, to_text
 
 SUPPRESSIONS = "suppressions"
 _COLUMNS = ["PartitionKey", "address", "reason", "created_at", "notification_id"]
@@ -23,8 +23,10 @@ _COLUMNS = ["PartitionKey", "address", "reason", "created_at", "notification_id"
 class TableSuppressionList:
     """The ``SuppressionList`` port over Azure Table Storage."""
 
-    def __init__(self, service: TableServiceClient, *, prefix: str = "notify") -> None:
-        self._store = TableStore(service, prefix, [SUPPRESSIONS])
+    def __init__(
+        self, service: TableServiceClient, *, prefix: str = "notify", concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
+        self._store = TableStore(service, prefix, [SUPPRESSIONS], concurrency=concurrency)
 
     @staticmethod
     def _entry(entity: TableEntity) -> Suppression:

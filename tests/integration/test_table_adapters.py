@@ -10,7 +10,10 @@ look at the tables where the layout is the point (see ``shared/adapters/table_le
 from __future__ import annotations
 
 import hashlib
+import http.server
+import json
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
@@ -20,10 +23,13 @@ import pytest
 from shared.adapters.table_ledger import TableLedger, encode_key, to_text
 from shared.adapters.table_rate_limiter import TableRateLimiter
 from shared.adapters.table_suppressions import TableSuppressionList
+from shared.domain.commands import ApplyDeliveryReports
 from shared.domain.errors import ConcurrencyConflict
-from shared.domain.model import Channel, NotificationStatus, Suppression
+from shared.domain.model import Channel, DeliveryReport, NotificationStatus, Suppression
+from shared.service.handlers import apply_delivery_reports
 from shared.service.quota import SendQuota
 from tests import azurite
+from tests.fakes import FakeClock, FakeSuppressionList
 from tests.integration.test_ledger_contract import at, email, report, sent, sms
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -312,6 +318,171 @@ def test_a_save_from_a_copy_another_instance_has_since_changed_is_a_lost_race(ta
     finally:
         first.close()
         second.close()
+
+
+# ---------------------------------------------------------------------------- concurrent batches
+
+
+def sent_emails(ledger: TableLedger, count: int) -> list:
+    """``count`` emails to ann with carol in cc, sent with their notification id as the message id
+    (the ACS operation id, as the dispatcher records it)."""
+    notifications = []
+    for _ in range(count):
+        n = ledger.get(ledger.add(email(to=("ann@example.com",), cc=("carol@example.com",))).id)
+        n.record_all_sent(at(1), n.id)
+        ledger.save(n)
+        notifications.append(n)
+    return notifications
+
+
+def test_a_batch_whose_writes_partly_lose_their_etag_race_applies_every_report_exactly_once(request):
+    # Given twelve sent emails, a report handler's ledger writing four notifications at a time, and
+    # another instance that records carol's delivery on every third email after the handler read
+    # them and before any of its writes goes out
+    racing = {}
+    lock = threading.Lock()
+
+    def race_before_the_first_write(pipeline_request) -> None:
+        http = pipeline_request.http_request
+        if http.method != "PUT" or f"/{racing.get('prefix')}notifications(" not in unquote(http.url):
+            return
+        with lock:  # every write waits here until the rival is done
+            for n in racing.pop("victims", []):
+                rival_copy = racing["rival"].get(n.id)
+                rival_copy.apply_report(carol_delivered(n.id), at(3))
+                racing["rival"].save(rival_copy)
+
+    service, prefix = azurite.fresh_table_service(request, raw_request_hook=race_before_the_first_write)
+    rival_service, _ = azurite.fresh_table_service(request)
+    handler_side = TableLedger(service, prefix=prefix, concurrency=4)
+    rival = TableLedger(rival_service, prefix=prefix)
+    notifications = sent_emails(rival, 12)
+    victims = notifications[::3]
+    racing.update(prefix=prefix, rival=rival)
+    reports = [report(n.id) for n in notifications]
+
+    # When the handler applies one report per email in one batch (the rival strikes on its first write)
+    racing["victims"] = victims
+    summary = apply_delivery_reports(
+        ApplyDeliveryReports(reports), ledger=handler_side, suppressions=FakeSuppressionList(), clock=FakeClock(at(4))
+    )
+
+    # Then every report was applied, the rival's change survived, and each delivery to ann is
+    # recorded once, with one status event, on the raced notifications as on the others
+    assert "victims" not in racing, "the rival never got between the read and the write"
+    assert summary.applied == 12 and summary.notifications == {n.id for n in notifications}
+    victim_ids = {n.id for n in victims}
+    for n in notifications:
+        stored = TableLedger(rival_service, prefix=prefix).get(n.id)
+        statuses = {r.address: r.status.value for r in stored.recipients}
+        carol = "delivered" if n.id in victim_ids else "sent"
+        assert statuses == {"ann@example.com": "delivered", "carol@example.com": carol}, n.id
+        ann_events = [e for e in stored.pending_status_events if e.status == "delivered" and e.recipient.startswith("a")]
+        assert len(ann_events) == 1, (n.id, ann_events)
+        assert stored.version == (4 if n.id in victim_ids else 3)
+    # And the relay finds each of those deliveries once through the outbox
+    relayed = TableLedger(rival_service, prefix=prefix).pending_status_events(1000)
+    ann_delivered = [e.notification_id for e in relayed if e.status == "delivered" and e.recipient.startswith("a")]
+    assert sorted(ann_delivered) == sorted(n.id for n in notifications)
+    handler_side.close()
+    rival.close()
+
+
+def carol_delivered(message_id: str) -> DeliveryReport:
+    return DeliveryReport(
+        event_id=f"evt-{uuid.uuid4()}", channel=Channel.EMAIL, message_id=message_id, recipient="carol@example.com",
+        status="Delivered", detail="250 OK", occurred_at=at(3),
+    )
+
+
+def test_a_batch_never_has_more_requests_in_flight_than_the_ledgers_concurrency(request):
+    # Given a ledger allowed three requests at once, and requests slow enough to overlap
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def started(_) -> None:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02)
+
+    def finished(_) -> None:
+        with lock:
+            in_flight[0] -= 1
+
+    service, prefix = azurite.fresh_table_service(request, raw_request_hook=started, raw_response_hook=finished)
+    ledger = TableLedger(service, prefix=prefix, concurrency=3)
+    ledger.get(str(uuid.uuid4()))  # the table exists before the batch
+    most[0] = 0
+
+    # When it looks up twenty message ids, each a point read of its own partition
+    assert ledger.find_by_message_ids([str(uuid.uuid4()) for _ in range(20)]) == {}
+
+    # Then the reads overlapped, three at a time and never more
+    assert most[0] == 3
+    ledger.close()
+
+
+class _SlowTableService(http.server.ThreadingHTTPServer):
+    """Answers every Table request slowly with "no such entity" (tables "exist" already) and
+    counts the connections clients open to it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SlowTableHandler)
+        self.connections = 0
+        self.count_lock = threading.Lock()
+
+
+class _SlowTableHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Table Storage
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.count_lock:
+            self.server.connections += 1
+
+    def _answer(self, status: int, code: str) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(0.05)
+        body = json.dumps({"odata.error": {"code": code, "message": {"lang": "en-US", "value": code}}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json;odata=minimalmetadata")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self._answer(409, "TableAlreadyExists")
+
+    def do_GET(self) -> None:
+        self._answer(404, "ResourceNotFound")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_client_built_for_more_requests_than_requests_default_pool_keeps_its_connections():
+    # Given a slow Table service, and the client bootstrap builds for sixteen requests in flight
+    # (requests' default pool keeps ten connections and drops any more after each use)
+    from shared.bootstrap import table_service_client
+
+    server = _SlowTableService()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = azurite.connection_string(server.server_address[1])
+        ledger = TableLedger(table_service_client(connection_string=endpoint, concurrency=16), concurrency=16)
+
+        # When a batch reads sixty-four partitions, sixteen at a time
+        assert ledger.find_by_message_ids([str(uuid.uuid4()) for _ in range(64)]) == {}
+        ledger.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Then it opened one connection per request in flight, not one per read
+    assert server.connections <= 16
 
 
 # ---------------------------------------------------------------------------- tables and quotas
