@@ -426,7 +426,8 @@ def parse_notification_request(
         owner=caller,
         idempotency_key=f"{caller}:{idempotency_key}" if idempotency_key else None,
         # Over the request as sent, attachments included: a different file is a different request.
-        request_hash=request_hash(body),
+        # Only a request with a key can meet its own earlier body; without one it is not needed.
+        request_hash=request_hash(body) if idempotency_key else None,
         attachments=attachments,
     )
 

@@ -138,6 +138,8 @@ def recipient_attributes(addresses: Iterable[str]) -> dict[str, Any]:
 
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span, to store with a notification."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None  # what the propagator would say, without its work (most requests, locally)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")
@@ -149,7 +151,7 @@ def trace_properties(traceparent: str | None = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
     if traceparent:
         carrier["traceparent"] = traceparent
-    else:
+    elif trace.get_current_span().get_span_context().is_valid:
         propagate.inject(carrier)
     return {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")}
 
