@@ -16,6 +16,8 @@ Two servers, each a subprocess on a free loopback port, both up for the whole ru
   and does nothing else, served the way ``run_api`` serves ours (``uvicorn.run(app, host, port,
   log_level="warning", access_log=False)``); it is this script run with ``--serve-bare PORT``.
 
+Both run under uvicorn with what it picks when installed, as ``requirements-dev.txt`` installs
+them: the ``uvloop`` event loop and the ``httptools`` parser (the server's choices are printed).
 Both are loaded by the same client in this process: ``--threads`` threads, each with its own
 keep-alive ``httpx.Client``, posting the same body (a valid one-recipient email, pre-encoded, with
 the sender dev key ``dev-sender-key``). After ``--warmup`` requests per side (not counted), the
@@ -171,6 +173,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_stack() -> str:
+    """What uvicorn's "auto" loop and HTTP settings pick in this environment, for both servers."""
+    import importlib.util
+
+    import uvicorn
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"uvicorn {uvicorn.__version__}, loop {loop}, HTTP parser {http}"
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
@@ -234,6 +247,7 @@ def main() -> None:
 
     rate = {side: len(latencies[side]) / wall[side] for side in latencies}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}")
+    print(f"servers (both): {server_stack()}")
     print(f"load: {args.threads} client threads (httpx.Client keep-alive each), same body ({len(BODY)} bytes, one email "
           f"recipient), warm-up {args.warmup} per side, {args.requests} measured per side in {args.rounds} alternating rounds")
     names = {
