@@ -157,6 +157,12 @@ class EmbeddedQueue:
         """All in one transaction: durable together once it returns."""
         now = self._clock.now()
         with self._transaction() as conn:
+            if self.duplicate_detection_window is not None:
+                # The history only needs the window; pruning here keeps it bounded without a sweeper.
+                conn.execute(
+                    "DELETE FROM queue_message_ids WHERE queue = ? AND sent_at <= ?",
+                    (self.queue_name, _to_us(now - self.duplicate_detection_window)),
+                )
             for message in messages:
                 if self.duplicate_detection_window is not None and self._is_duplicate(conn, message, now):
                     log.info("Dropped duplicate message %s on queue %s", message.message_id, self.queue_name)
@@ -175,12 +181,6 @@ class EmbeddedQueue:
                 )
 
     def _is_duplicate(self, conn: sqlite3.Connection, message: OutgoingMessage, now: datetime) -> bool:
-        assert self.duplicate_detection_window is not None
-        # The history only needs the window; pruning here keeps it bounded without a sweeper.
-        conn.execute(
-            "DELETE FROM queue_message_ids WHERE queue = ? AND sent_at <= ?",
-            (self.queue_name, _to_us(now - self.duplicate_detection_window)),
-        )
         inserted = conn.execute(
             "INSERT INTO queue_message_ids (queue, message_id, sent_at) VALUES (?, ?, ?)"
             " ON CONFLICT (queue, message_id) DO NOTHING",
