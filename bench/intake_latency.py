@@ -13,8 +13,9 @@ Two servers, each a subprocess on a free loopback port, both up for the whole ru
   commit, ``shared/entrypoints/group_commit.py``). No worker runs, so nothing is sent and the
   queue just fills.
 * bare: a FastAPI app whose only route answers ``POST /api/notifications`` with an empty ``202``
-  and does nothing else, served the way ``run_api`` serves ours (``uvicorn.run(app, host, port,
-  log_level="warning", access_log=False)``); it is this script run with ``--serve-bare PORT``.
+  and does nothing else, served the way ``run_api`` serves ours (the collector tuned by
+  ``serve_with_gc_tuned``, then ``uvicorn.run(app, host, port, log_level="warning",
+  access_log=False)``); it is this script run with ``--serve-bare PORT``.
 
 Both run under uvicorn with what it picks when installed, as ``requirements-dev.txt`` installs
 them: the ``uvloop`` event loop and the ``httptools`` parser (the server's choices are printed).
@@ -76,12 +77,15 @@ def serve_bare(port: int) -> None:
     from fastapi import FastAPI
     from fastapi.responses import Response
 
+    from shared.entrypoints.local import serve_with_gc_tuned
+
     app = FastAPI()
 
     @app.post(PATH, status_code=202)
     async def accept() -> Response:
         return Response(status_code=202)
 
+    serve_with_gc_tuned()  # as run_api does for ours
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
 
 
