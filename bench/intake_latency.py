@@ -53,6 +53,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.batch_intake import cpu_seconds  # noqa: E402
+
 TARGET_RATIO = 0.5
 HOST = "127.0.0.1"
 PATH = "/api/notifications"
@@ -166,15 +168,6 @@ def load(url: str, count: int, threads: int, max_seconds: float) -> tuple[list[f
         w.join()
     wall = time.perf_counter() - started
     return [x for xs in latencies for x in xs], wall, sum(errors)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (Linux ``/proc``; 0.0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_stack() -> str:
