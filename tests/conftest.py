@@ -53,6 +53,27 @@ def faked_services():
     bootstrap.use(None)
 
 
+@pytest.fixture
+def api_client():
+    """A factory: ``api_client(**settings)`` is a TestClient for the API over faked ports built from
+    SETTINGS plus ``settings`` (those services installed process-wide, and kept on
+    ``client.services``); restored after the test."""
+
+    def make(**settings: str):
+        from fastapi.testclient import TestClient
+
+        from shared.entrypoints.api import create_api
+
+        services = fake_services(**settings)
+        bootstrap.use(services)
+        client = TestClient(create_api(), raise_server_exceptions=False)
+        client.services = services
+        return client
+
+    yield make
+    bootstrap.use(None)
+
+
 @pytest.fixture(scope="session")
 def azurite_tables(tmp_path_factory):
     """A connection string to Azurite's Table service, started once for the session (or the one

@@ -9,11 +9,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from fastapi.testclient import TestClient
 
-from shared import bootstrap
-from shared.entrypoints.api import create_api
-from tests.conftest import fake_services
 from tests.entra import CLIENT_ID, ISSUER_V1, SigningKey, Tenant
 
 EMAIL = {"channel": "email", "to": ["a@example.com"], "subject": "Receipt", "text": "Thanks"}
@@ -32,17 +28,9 @@ def tenant():
 
 
 @pytest.fixture
-def app(tenant):
+def app(tenant, api_client):
     """A client factory: the API over faked ports, trusting the test tenant (plus ``settings``)."""
-    def make(**settings: str) -> TestClient:
-        services = fake_services(**tenant.settings(**settings))
-        bootstrap.use(services)
-        client = TestClient(create_api(), raise_server_exceptions=False)
-        client.services = services
-        return client
-
-    yield make
-    bootstrap.use(None)
+    return lambda **settings: api_client(**tenant.settings(**settings))
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -4,28 +4,11 @@ naming the field, or a 413 for the body), and header-bound text refuses control 
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 
-from shared import bootstrap
-from shared.entrypoints.api import create_api
-from tests.conftest import fake_services
 
 SENDER = {"Authorization": "Bearer test-sender"}
 EMAIL = {"channel": "email", "to": ["a@example.com"], "subject": "Receipt", "text": "Thanks"}
 SMS = {"channel": "sms", "to": ["+14255551234"], "message": "Code 123456"}
-
-
-@pytest.fixture
-def api():
-    def make(**settings: str) -> TestClient:
-        services = fake_services(**settings)
-        bootstrap.use(services)
-        client = TestClient(create_api(), raise_server_exceptions=False)
-        client.services = services
-        return client
-
-    yield make
-    bootstrap.use(None)
 
 
 def post(client, body, headers=None):
@@ -66,16 +49,16 @@ LIMITS = [
 
 
 @pytest.mark.parametrize("setting, value, at_limit, past_limit, field", LIMITS, ids=[case[0] for case in LIMITS])
-def test_a_request_at_the_limit_is_accepted_and_one_past_it_is_422_naming_the_field(api, setting, value, at_limit, past_limit, field):
-    client = api(**{setting: value})
+def test_a_request_at_the_limit_is_accepted_and_one_past_it_is_422_naming_the_field(api_client, setting, value, at_limit, past_limit, field):
+    client = api_client(**{setting: value})
 
     assert post(client, at_limit).status_code == 202
     assert field in refused_fields(post(client, past_limit))
     assert len(client.services.queue.sent) == 1
 
 
-def test_the_default_limits_are_acs_and_rfc_limits(api):
-    client = api()
+def test_the_default_limits_are_acs_and_rfc_limits(api_client):
+    client = api_client()
     assert post(client, EMAIL | {"to": emails(50)}).status_code == 202
     assert "/to" in refused_fields(post(client, EMAIL | {"to": emails(51)}))
     assert post(client, EMAIL | {"subject": "s" * 998}).status_code == 202
@@ -88,8 +71,8 @@ def body_of(size: int) -> bytes:
     return json.dumps(EMAIL | {"text": "x" * (size - len(bare))}).encode()
 
 
-def test_a_body_at_max_request_bytes_is_read_and_one_byte_more_is_413(api):
-    client = api(MAX_REQUEST_BYTES="2048")
+def test_a_body_at_max_request_bytes_is_read_and_one_byte_more_is_413(api_client):
+    client = api_client(MAX_REQUEST_BYTES="2048")
     headers = SENDER | {"Content-Type": "application/json"}
 
     assert len(body_of(2048)) == 2048
@@ -99,15 +82,15 @@ def test_a_body_at_max_request_bytes_is_read_and_one_byte_more_is_413(api):
     assert len(client.services.queue.sent) == 1
 
 
-def test_an_idempotency_key_at_the_limit_is_accepted_and_one_character_more_is_422(api):
-    client = api(IDEMPOTENCY_KEY_MAX_CHARS="130")
+def test_an_idempotency_key_at_the_limit_is_accepted_and_one_character_more_is_422(api_client):
+    client = api_client(IDEMPOTENCY_KEY_MAX_CHARS="130")
 
     assert post(client, EMAIL, {"Idempotency-Key": "k" * 130}).status_code == 202
     assert refused_fields(post(client, EMAIL, {"Idempotency-Key": "k" * 131})) == ["Idempotency-Key"]
 
 
-def test_a_batch_idempotency_key_has_the_same_limit(api):
-    client = api(IDEMPOTENCY_KEY_MAX_CHARS="130")
+def test_a_batch_idempotency_key_has_the_same_limit(api_client):
+    client = api_client(IDEMPOTENCY_KEY_MAX_CHARS="130")
     batch = {"notifications": [EMAIL | {"idempotencyKey": "k" * 130}, EMAIL | {"idempotencyKey": "k" * 131}]}
 
     results = client.post("/api/notifications/batch", json=batch, headers=SENDER).json()["results"]
@@ -116,8 +99,8 @@ def test_a_batch_idempotency_key_has_the_same_limit(api):
     assert [e["field"] for e in results[1]["problem"]["errors"]] == ["/idempotencyKey"]
 
 
-def test_the_openapi_document_states_the_configured_idempotency_key_limit(api):
-    spec = api(IDEMPOTENCY_KEY_MAX_CHARS="130").get("/api/openapi.json").json()
+def test_the_openapi_document_states_the_configured_idempotency_key_limit(api_client):
+    spec = api_client(IDEMPOTENCY_KEY_MAX_CHARS="130").get("/api/openapi.json").json()
     [header] = [p for p in spec["paths"]["/api/notifications"]["post"]["parameters"] if p["name"] == "Idempotency-Key"]
     assert header["schema"]["maxLength"] == 130
 
@@ -138,15 +121,15 @@ CONTROL_IDS = ["CR", "LF", "CRLF", "NUL", "ESC", "DEL", "NEL (C1)", "LINE SEPARA
     ],
     ids=["subject", "display name", "reply-to display name"],
 )
-def test_control_characters_in_header_bound_text_are_422(api, make, field, char):
-    client = api()
+def test_control_characters_in_header_bound_text_are_422(api_client, make, field, char):
+    client = api_client()
     assert field in refused_fields(post(client, make(char)))
     assert client.services.queue.sent == []
 
 
 @pytest.mark.parametrize("char", CONTROL, ids=CONTROL_IDS)
-def test_control_characters_in_a_batch_idempotency_key_are_422(api, char):
-    client = api()
+def test_control_characters_in_a_batch_idempotency_key_are_422(api_client, char):
+    client = api_client()
     batch = {"notifications": [EMAIL | {"idempotencyKey": f"order{char}42"}]}
     [result] = client.post("/api/notifications/batch", json=batch, headers=SENDER).json()["results"]
     assert result["status"] == 422
@@ -154,22 +137,22 @@ def test_control_characters_in_a_batch_idempotency_key_are_422(api, char):
 
 
 @pytest.mark.parametrize("char", ["\x01", "\x1b", "\x7f"], ids=["SOH", "ESC", "DEL"])
-def test_control_characters_in_the_idempotency_key_header_are_422(api, char):
+def test_control_characters_in_the_idempotency_key_header_are_422(api_client, char):
     # CR and LF cannot travel in an HTTP header at all; these can.
-    client = api()
+    client = api_client()
     response = post(client, EMAIL, {"Idempotency-Key": f"order{char}42"})
     assert refused_fields(response) == ["Idempotency-Key"]
 
 
-def test_a_tab_is_allowed_in_a_subject_but_not_in_a_display_name(api):
-    client = api()
+def test_a_tab_is_allowed_in_a_subject_but_not_in_a_display_name(api_client):
+    client = api_client()
     assert post(client, EMAIL | {"subject": "Order\t42"}).status_code == 202
     named = EMAIL | {"to": [{"address": "a@example.com", "displayName": "Jane\tDoe"}]}
     assert "/to/0/displayName" in refused_fields(post(client, named))
 
 
-def test_a_lone_surrogate_in_the_body_is_400_not_a_crash(api):
-    client = api()
+def test_a_lone_surrogate_in_the_body_is_400_not_a_crash(api_client):
+    client = api_client()
     body = b'{"channel": "email", "to": ["a@example.com"], "subject": "Hi \\ud800", "text": "x"}'
     response = client.post("/api/notifications", content=body, headers=SENDER | {"Content-Type": "application/json"})
     assert response.status_code == 400
