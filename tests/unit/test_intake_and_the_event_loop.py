@@ -67,17 +67,17 @@ def test_a_hanging_remote_store_does_not_stall_other_requests(faked_services, ro
 def test_the_local_stack_writes_its_files_on_the_event_loop(faked_services):
     faked_services.stores_in_process = True
     on_loop: list[bool] = []
-    real_add = faked_services.ledger.add
+    real_add_many = faked_services.ledger.add_many
 
-    def add(notification):
+    def add_many(notifications):
         try:
             asyncio.get_running_loop()
             on_loop.append(True)
         except RuntimeError:
             on_loop.append(False)
-        return real_add(notification)
+        return real_add_many(notifications)
 
-    faked_services.ledger.add = add
+    faked_services.ledger.add_many = add_many
 
     async def submit() -> int:
         transport = httpx.ASGITransport(app=create_api(lambda: faked_services))
