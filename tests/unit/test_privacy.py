@@ -9,8 +9,8 @@ import pytest
 from shared import telemetry
 from shared.adapters.acs_errors import error_for_status
 from shared.domain.privacy import mask, recipient_domain, recipient_hash, redact_text
-from shared.service import observability
-from tests.unit.builders import World, email_command
+from shared.service import handlers, observability
+from tests.unit.builders import World, email_command, sms_command
 
 
 def test_an_email_address_is_masked_to_its_first_letter_and_domain():
@@ -101,6 +101,42 @@ def test_json_log_lines_carry_the_ids_and_the_event_fields(log_lines, telemetry)
     assert accepted["notification_id"] == n.id
     assert accepted["trace_id"] == format(telemetry.span("notify.submit").context.trace_id, "032x")
     assert (accepted["event"], accepted["channel"], accepted["level"]) == ("notify.accepted", "email", "INFO")
+
+
+def submit_batch(world, cmds):
+    return handlers.submit_notifications(
+        cmds, ledger=world.ledger, publisher=world.publisher, attachments=world.attachments, clock=world.clock
+    )
+
+
+def test_a_batch_logs_one_line_that_names_every_notification_it_accepted_and_no_recipient(log_lines, telemetry):
+    lines = log_lines("json")
+    world = World()
+    addresses = [f"jane{i}@example.com" for i in range(3)]
+
+    outcomes = submit_batch(world, [email_command(a) for a in addresses] + [sms_command("+14255551234")])
+
+    ids = [n.id for n, _ in outcomes]
+    [accepted] = [json.loads(line) for line in lines() if "notify.batch_accepted" in line]
+    assert accepted["notification_ids"] == ids and accepted["channels"] == {"email": 3, "sms": 1}
+    assert all(nid in accepted["message"] for nid in ids)
+    assert not any(a in line for line in lines() for a in [*addresses, "+14255551234", "4255551234"])
+    # The request's trace finds them by id too.
+    assert list(telemetry.span("notify.submit_batch").attributes["notify.notification.ids"]) == ids
+
+
+def test_a_batch_names_only_the_notifications_it_created_not_those_an_idempotency_key_returned(log_lines):
+    lines = log_lines()
+    world = World()
+    [(earlier, _)] = submit_batch(world, [email_command("jane@example.com", key="k1")])
+
+    outcomes = submit_batch(world, [email_command("jane@example.com", key="k1"), email_command("john@example.com")])
+
+    (replayed, created_before), (new, created_now) = outcomes
+    assert replayed.id == earlier.id and not created_before and created_now
+    last = [line for line in lines() if "accepted in one batch" in line][-1]
+    assert "notifications accepted in one batch (1 email)" in last
+    assert new.id in last and earlier.id not in last
 
 
 def test_an_address_in_a_log_message_or_an_exception_is_masked_before_any_handler_writes_it(log_lines):
