@@ -79,6 +79,11 @@ class FakeLedger:
             self._store(n)
         return lost
 
+    def mark_queued(self, notifications: list[Notification], at: datetime) -> list[Notification]:
+        for n in notifications:
+            n.mark_queued(at)
+        return self.save_many(notifications)
+
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         wanted = set(message_ids)
         found: dict[str, Notification] = {}

@@ -633,6 +633,12 @@ class TableLedger:
         if self.save_many([notification]):
             raise ConcurrencyConflict(notification.id)
 
+    def mark_queued(self, notifications: list[Notification], at: datetime) -> list[Notification]:
+        # An entity is replaced whole (its document spans several properties): the mark is a save.
+        for n in notifications:
+            n.mark_queued(at)
+        return self.save_many(notifications)
+
     def save_many(self, notifications: list[Notification]) -> list[Notification]:
         if not notifications:
             return []

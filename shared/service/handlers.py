@@ -157,10 +157,7 @@ def submitted(span: Span, stored: Notification, created: bool) -> None:
 def _mark_queued(ledger: Ledger, n: Notification, at: datetime) -> Notification:
     """The "queued" mark: saved on the copy in hand, which is usually still the latest (one write,
     no read); re-read and applied like any change when a dispatcher got there first."""
-    n.mark_queued(at)
-    try:
-        ledger.save(n)
-    except ConcurrencyConflict:
+    if ledger.mark_queued([n], at):
         n, _ = _modify(ledger, n.id, lambda latest: latest.queued_at or latest.mark_queued(at))
     return n
 
@@ -284,7 +281,7 @@ def record_notifications(
     different requests can be recorded together.
 
     One ledger write for all the entries (``add_many``), one for all the queue messages
-    (``send_many``) and one for the marks (``save_many``). If the ledger or the queue fails, the
+    (``send_many``) and one for the marks (``mark_queued``). If the ledger or the queue fails, the
     error is raised; what was recorded but not queued is re-queued by the reconciliation.
     """
     added = iter(ledger.add_many([c for _, c in prepared if isinstance(c, Notification)]))
@@ -312,10 +309,7 @@ def record_notifications(
         publisher.send_many(
             [dispatch_message(n.id, n.attempts + 1, traceparent=n.trace_context) for n in fresh]
         )
-        now = clock.now()
-        for n in fresh:
-            n.mark_queued(now)
-        for lost in ledger.save_many(fresh):
+        for lost in ledger.mark_queued(fresh, clock.now()):
             # Another writer (a dispatcher that already took the message) got there first.
             latest[lost.id], _ = _modify(ledger, lost.id, lambda n: n.queued_at or n.mark_queued(clock.now()))
     return [o if isinstance(o, NotifyError) else (latest[o[0].id], o[1]) for o in outcomes]

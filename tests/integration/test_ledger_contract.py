@@ -308,6 +308,47 @@ def test_save_many_of_nothing_returns_nothing(ledger):
     assert ledger.save_many([]) == []
 
 
+def test_marking_queued_stores_the_mark_as_saving_it_would_and_leaves_the_copies_current(ledger):
+    email_n, sms_n = ledger.add(email(idempotency_key=key())), ledger.add(sms())
+    expected = []
+    for n in (email_n, sms_n):
+        reference = ledger.get(n.id)
+        reference.mark_queued(at(1))
+        expected.append(reference.model_copy(update={"version": 2}))
+
+    lost = ledger.mark_queued([email_n, sms_n], at(1))
+
+    assert lost == []
+    assert [ledger.get(email_n.id), ledger.get(sms_n.id)] == expected == [email_n, sms_n]
+    assert [h.event for h in ledger.get(email_n.id).history] == ["accepted", "queued"]
+    assert ledger.get(sms_n.id).queued_at == ledger.get(sms_n.id).updated_at == at(1)
+    assert ledger.unqueued(accepted_before=at(5), limit=10) == []
+    # The mark is no status change: the outbox holds the two "accepted" events only.
+    assert sorted(e.status.value for e in ledger.pending_status_events(limit=10)) == ["accepted", "accepted"]
+    # The copies in hand carry the new version: the next change saves without a conflict.
+    email_n.start_attempt(at(2), lease_until=at(3))
+    ledger.save(email_n)
+    assert ledger.get(email_n.id).attempts == 1 and ledger.get(email_n.id).queued_at == at(1)
+
+
+def test_marking_queued_leaves_a_notification_another_writer_saved_since_and_returns_it(ledger):
+    fresh, stale = ledger.add(email()), ledger.add(email())
+    dispatcher = ledger.get(stale.id)
+    dispatcher.start_attempt(at(1), lease_until=at(2))
+    ledger.save(dispatcher)
+
+    lost = ledger.mark_queued([fresh, stale], at(1))
+
+    assert [n.id for n in lost] == [stale.id]
+    assert ledger.get(stale.id) == dispatcher and ledger.get(stale.id).queued_at is None
+    assert ledger.get(fresh.id).queued_at == at(1)
+    assert ids(ledger.unqueued(accepted_before=at(5), limit=10)) == {stale.id}
+
+
+def test_marking_nothing_queued_returns_nothing(ledger):
+    assert ledger.mark_queued([], at(1)) == []
+
+
 # ---------------------------------------------------------------------------- message ids
 
 
