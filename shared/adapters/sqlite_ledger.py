@@ -88,10 +88,18 @@ CREATE TABLE IF NOT EXISTS status_outbox (
 _OUTSIDE_DOC = {"version", "pending_status_events"}
 
 # Positional parameters: sqlite3 binds a named one by looking its name up in the mapping, which
-# was a quarter of this statement's time, run once per notification of a batch of reports.
+# was a quarter of these statements' time, run once per notification of a batch.
 _UPDATED_COLUMNS = (
     "status", "updated_at", "queued", "reached_acs", "awaiting_since", "dead_lettered_at", "dead_letter_reason", "doc", "id"
 )
+_INSERTED_COLUMNS = (
+    "id", "channel", "status", "created_at", "updated_at", "idempotency_key", "queued", "reached_acs", "awaiting_since",
+    "dead_lettered_at", "dead_letter_reason", "doc",
+)
+_INSERT = (
+    f"INSERT INTO notifications ({', '.join(_INSERTED_COLUMNS)}, version) VALUES ({', '.join('?' * len(_INSERTED_COLUMNS))}, 1)"
+)
+_INSERT_OR_IGNORE = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
 _UPDATE = (
     "UPDATE notifications SET status = ?, updated_at = ?, queued = ?, reached_acs = ?, awaiting_since = ?,"
     " dead_lettered_at = ?, dead_letter_reason = ?, doc = ?, version = version + 1 WHERE id = ? AND version = ?"
@@ -203,13 +211,7 @@ class SqliteLedger:
         row = self._columns(notification)
         try:
             with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
-                    " queued, reached_acs, awaiting_since, dead_lettered_at, dead_letter_reason, version, doc) VALUES (:id,"
-                    " :channel, :status, :created_at, :updated_at, :idempotency_key, :queued, :reached_acs,"
-                    " :awaiting_since, :dead_lettered_at, :dead_letter_reason, 1, :doc)",
-                    row,
-                )
+                db.execute(_INSERT, [*map(row.get, _INSERTED_COLUMNS)])
                 self._index_message_ids(db, [notification])
                 self._enqueue_status_events(db, [notification])
         except sqlite3.IntegrityError:
@@ -226,13 +228,7 @@ class SqliteLedger:
         taken: list[Notification] = []
         with self._transaction() as db:
             for n in notifications:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO notifications (id, channel, status, created_at, updated_at, idempotency_key,"
-                    " queued, reached_acs, awaiting_since, dead_lettered_at, dead_letter_reason, version, doc) VALUES (:id,"
-                    " :channel, :status, :created_at, :updated_at, :idempotency_key, :queued, :reached_acs,"
-                    " :awaiting_since, :dead_lettered_at, :dead_letter_reason, 1, :doc)",
-                    self._columns(n),
-                )
+                cursor = db.execute(_INSERT_OR_IGNORE, [*map(self._columns(n).get, _INSERTED_COLUMNS)])
                 if cursor.rowcount == 0:  # the key is held (maybe by an earlier item of this list)
                     row = db.execute(
                         "SELECT doc, version FROM notifications WHERE idempotency_key = ?", (n.idempotency_key,)
