@@ -85,6 +85,8 @@ def parse_request(
         raise InvalidRequest(errors + exc.errors, exc.detail) from None
     if errors:
         raise InvalidRequest(errors)
+    if correlation_id is None and not properties:
+        return cmd  # most requests carry neither: no copy of the command (a few us of a batch's items)
     return replace(cmd, correlation_id=correlation_id, caller_properties=properties)
 
 
