@@ -106,10 +106,11 @@ _UPDATE = (
 )
 
 
-# The "queued" mark changes three fields of the document and no status: written into the stored
-# document by SQLite's JSON functions, it costs a small fraction of serialising the whole
-# notification again, which a batch of a hundred did once per notification. The values are
-# pydantic's own JSON for them, so the document reads back as ``mark_queued`` would have saved it.
+# The "queued" mark changes three fields of the document and no status, event or indexed column
+# but ``queued``: written into the stored document by SQLite's JSON functions, it costs about half
+# of a full save (serialising the notification again, every column, its index entries), which
+# intake paid once per notification. The values are pydantic's own JSON for them, so the document
+# reads back as ``Notification.mark_queued`` and a save would have left it.
 _MARK_QUEUED = (
     "UPDATE notifications SET queued = 1, updated_at = ?, version = version + 1,"
     " doc = json_set(doc, '$.queued_at', json(?), '$.updated_at', json(?), '$.history[#]', json(?))"

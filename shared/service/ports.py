@@ -57,8 +57,9 @@ class Ledger(Protocol):
         """``Notification.mark_queued(at)`` on each and save it, as ``save_many`` would, in as few
         writes as the store allows: called once their queue messages are on the queue. Each must be
         as last read or written, with no other change of its own (a store may write only the
-        mark). Returns those that lost a race (another writer saved first: not marked, to be
-        re-read and marked again); the others come back changed, version and all."""
+        mark). Returns those that lost a race (another writer saved first): nothing of theirs is
+        saved, and they are to be re-read and marked again. The others come back as stored, version
+        and all."""
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         """Notifications that own the given ACS message ids, keyed by message id; the message ids
