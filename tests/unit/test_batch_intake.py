@@ -101,7 +101,7 @@ def test_accepted_items_are_stored_as_a_single_request_would_store_them(client, 
 def test_a_batch_of_a_hundred_is_accepted_in_one_request(client, faked_services):
     response = post_batch(client, [email_to(f"user{i}@example.com") for i in range(100)])
 
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.json()["accepted"] == 100
     assert len(faked_services.queue.sent) == 100
     assert all(n.queued_at is not None for n in faked_services.ledger.rows.values())
