@@ -70,5 +70,8 @@ def redact_text(text: str) -> str:
     """
     if not text:
         return text
-    text = _EMAIL.sub(lambda m: mask(m.group(0)), text)
+    if "@" in text:
+        # Only then: on a line without one, the pattern still tries every run of the characters an
+        # address may hold (a batch's accepted line is a hundred ids of them: 0.25 ms).
+        text = _EMAIL.sub(lambda m: mask(m.group(0)), text)
     return _PHONE.sub(lambda m: mask(m.group(0)), text)
