@@ -6,10 +6,11 @@ import json
 import re
 import uuid
 
+import httpx
 import pytest
 
 from shared.domain.privacy import DEV_PII_HASH_KEY, recipient_hash
-from tests.e2e.stack import LocalStack, wait_until
+from tests.e2e.stack import SENDER, LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -17,6 +18,7 @@ RUN = uuid.uuid4().hex[:8]
 DELIVERED = f"ada.lovelace+{RUN}@analytical.example.org"
 BOUNCED = f"bounce+{RUN}@engines.example.net"
 COPIED = f"charles.babbage+{RUN}@difference.example.com"
+BATCHED = f"grace.hopper+{RUN}@compiler.example.com"
 SMS_OK = "+14255557731"
 SMS_FAILS = "+14255570001"
 SUBJECT = f"Quokka invoice {RUN}"
@@ -42,8 +44,9 @@ def spellings(number: str) -> list[str]:
 
 
 FORBIDDEN = [
-    *(a.lower() for a in (DELIVERED, BOUNCED, COPIED)),
+    *(a.lower() for a in (DELIVERED, BOUNCED, COPIED, BATCHED)),
     f"ada.lovelace+{RUN}",
+    f"grace.hopper+{RUN}",
     f"charles.babbage+{RUN}",
     f"bounce+{RUN}",
     *spellings(SMS_OK),
@@ -76,6 +79,16 @@ def run_output(tmp_path_factory):
         stack.set_faults(serverErrorRate=0.0)
         bounce = stack.send({"channel": "email", "to": [BOUNCED], "subject": SUBJECT, "text": BODY})
         sms = stack.send({"channel": "sms", "to": [SMS_OK, SMS_FAILS], "message": SMS_TEXT})
+        batch = httpx.post(
+            f"{stack.api}/api/notifications/batch",
+            json={"notifications": [
+                {"channel": "email", "to": [BATCHED], "subject": SUBJECT, "text": BODY},
+                {"channel": "sms", "to": [SMS_OK], "message": SMS_TEXT},
+            ]},
+            headers=SENDER,
+            timeout=10,
+        )
+        assert batch.status_code == 200 and batch.json()["accepted"] == 2
         # Refused at the edge: the address and number are echoed to the caller, never logged.
         refused = [
             stack.send({"channel": "email", "to": [f"{DELIVERED}@@"], "subject": SUBJECT, "text": BODY}),
@@ -88,6 +101,8 @@ def run_output(tmp_path_factory):
         stack.wait_for_status(bounce.json()["id"], "bounced", timeout=60)
         stack.wait_for_status(sms.json()["id"], "failed", timeout=60)
         ids = {"email": email.json()["id"], "bounce": bounce.json()["id"], "sms": sms.json()["id"]}
+        ids["batch"] = [result["id"] for result in batch.json()["results"]]
+        stack.wait_for_status(ids["batch"][0], "delivered", timeout=60)
         # Once more after the bounce: the suppression list refuses it before ACS.
         again = stack.send({"channel": "email", "to": [BOUNCED], "subject": SUBJECT, "text": BODY})
         stack.wait_for_status(again.json()["id"], "suppressed", timeout=30)
@@ -142,6 +157,16 @@ def test_an_operator_finds_a_recipient_in_the_spans_by_its_keyed_hash(run_output
 
     assert {s["name"] for s in spans} >= {"notify.submit", "acs.email.send", "notify.delivery_report"}
     assert {s["attributes"]["notify.notification.id"] for s in spans} == {ids["email"]}
+
+
+def test_a_batch_logs_one_accepted_line_naming_each_of_its_notifications_and_its_span_lists_them(run_output):
+    output, ids = run_output
+
+    [line] = [line for line in output.splitlines() if "accepted in one batch" in line]
+    [span] = [s for s in exported(output, "otel.span") if s["name"] == "notify.submit_batch"]
+
+    assert all(nid in line for nid in ids["batch"])
+    assert list(span["attributes"]["notify.notification.ids"]) == ids["batch"]
 
 
 def test_the_services_log_lines_carry_the_notification_and_the_trace(run_output):
