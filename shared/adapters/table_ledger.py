@@ -634,7 +634,8 @@ class TableLedger:
             raise ConcurrencyConflict(notification.id)
 
     def mark_queued(self, notifications: list[Notification], at: datetime) -> list[Notification]:
-        # An entity is replaced whole (its document spans several properties): the mark is a save.
+        # No cheaper write here: the document is split over properties (compressed when large) and
+        # the mark also clears the notification's "unqueued" window entry, which a save manages.
         for n in notifications:
             n.mark_queued(at)
         return self.save_many(notifications)
