@@ -260,6 +260,23 @@ class TableStore:
 
         self.map(write, list(_batches(entities)))
 
+    def create_many(self, name: str, entities: Iterable[dict[str, Any]]) -> int:
+        """Insert each entity whose keys are free and return how many were; one transaction per
+        partition and hundred entities where none exists yet (a transaction fails as a whole when
+        one does), else one insert each."""
+
+        def create(batch: list[dict[str, Any]]) -> int:
+            if len(batch) > 1:
+                try:
+                    self.table(name).submit_transaction([("create", e) for e in batch])
+                    return len(batch)
+                except HttpResponseError as error:
+                    if _status(error) != 409:
+                        raise
+            return sum(self.map(lambda e: self.create(name, e), batch))
+
+        return sum(create(batch) for batch in _batches(entities))
+
     def delete_many(self, name: str, keys: Iterable[tuple[str, str]]) -> None:
         """Delete whatever of these exists, one transaction per partition and hundred keys where
         possible (a transaction fails as a whole when one entity is already gone)."""
