@@ -363,7 +363,7 @@ def test_a_batch_of_delivery_reports_from_the_queue_is_applied_and_every_message
 
 def test_a_message_that_holds_no_event_is_dead_lettered_and_the_rest_of_its_batch_applied(faked_services):
     nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
-    messages = host_batch([b"not json", report_event(nid, "Delivered", "ev-1"), b"[1, 2]"])
+    messages = host_batch([b"not json", report_event(nid, "Delivered", "ev-1"), b'"a string, not an event"'])
 
     actions = call_reports(messages)
 

@@ -125,10 +125,11 @@ UNREADABLE_EVENT = "UnreadableEvent"
 
 
 def apply_event_messages(bodies: list[bytes | str], svc: bootstrap.Services | None = None) -> EventMessagesApplied:
-    """Events that Event Grid put on the delivery-reports queue, one event per message body, as
-    the batch trigger receives them: applied in one ``apply_delivery_reports`` call (one read and
-    one write of the ledger for the whole batch), where Event Grid's own trigger would have been
-    one invocation, one read and one write per event.
+    """Events that Event Grid put on the delivery-reports queue, one event (or an array of them)
+    per message body, as the batch trigger receives them: applied in one
+    ``apply_delivery_reports`` call (one read and one write of the ledger for the whole batch),
+    where Event Grid's own trigger would have been one invocation, one read and one write per
+    event.
 
     A failure to apply raises, so the whole batch is delivered again; applying a report twice
     changes nothing, so the reports that did land are harmless on the second delivery.
@@ -150,6 +151,8 @@ def apply_event_messages(bodies: list[bytes | str], svc: bootstrap.Services | No
                 event = None
             if isinstance(event, dict):
                 events.append(event)
+            elif isinstance(event, list):  # a batch in one body, as the webhook takes them
+                events.extend(event)
             else:
                 unreadable.append(position)
         if unreadable:
