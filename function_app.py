@@ -1,8 +1,9 @@
 """Azure Functions entry point (Python v2 model): binds triggers to handlers, nothing more.
 
 Binding settings are app-setting names: ``%NOTIFICATIONS_QUEUE%``, ``%REQUESTS_QUEUE%``,
-``%RECONCILE_SCHEDULE%`` and ``%STATUS_RELAY_SCHEDULE%`` are resolved by the host, and ``ServiceBusConnection`` names the
-identity-based connection (``ServiceBusConnection__fullyQualifiedNamespace``).
+``%DELIVERY_REPORTS_QUEUE%``, ``%RECONCILE_SCHEDULE%`` and ``%STATUS_RELAY_SCHEDULE%`` are resolved
+by the host, and ``ServiceBusConnection`` names the identity-based connection
+(``ServiceBusConnection__fullyQualifiedNamespace``).
 """
 
 import logging
@@ -48,22 +49,32 @@ def accept_notification_request(
         message_actions.complete(msg)
 
 
-@app.function_name(name="apply_delivery_report")
-@app.event_grid_trigger(arg_name="event")
-def apply_delivery_report(event: func.EventGridEvent) -> None:
-    triggers.apply_events(
-        [
-            {
-                "id": event.id,
-                "topic": event.topic,
-                "subject": event.subject,
-                "eventType": event.event_type,
-                "eventTime": event.event_time.isoformat() if event.event_time else None,
-                "dataVersion": event.data_version,
-                "data": event.get_json(),
-            }
-        ]
-    )
+# Event Grid puts each ACS event on the delivery-reports queue, and the host hands them over in
+# batches (host.json maxMessageBatchSize): one ledger read and one write per batch. Settled here:
+# a message that holds no event is dead-lettered with a reason, the rest completed once applied;
+# a failure raises before any settlement, so the batch is delivered again.
+@app.function_name(name="apply_delivery_reports")
+@app.service_bus_queue_trigger(
+    arg_name="messages",
+    queue_name="%DELIVERY_REPORTS_QUEUE%",
+    connection="ServiceBusConnection",
+    cardinality=func.Cardinality.MANY,
+    auto_complete_messages=False,
+)
+def apply_delivery_reports(
+    messages: list[servicebus.ServiceBusReceivedMessage], message_actions: servicebus.ServiceBusMessageActions
+) -> None:
+    outcome = triggers.apply_event_messages(triggers.event_bodies_from_servicebus(messages))
+    unreadable = set(outcome.unreadable)
+    for position, msg in enumerate(messages):
+        if position in unreadable:
+            message_actions.deadletter(
+                msg,
+                deadletter_reason=triggers.UNREADABLE_EVENT,
+                deadletter_error_description="The message body is not an Event Grid or CloudEvents JSON event.",
+            )
+        else:
+            message_actions.complete(msg)
 
 
 @app.function_name(name="reconcile")

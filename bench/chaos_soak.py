@@ -108,6 +108,8 @@ class Report:
     seed: int
     data_dir: str
     workers: int = 2
+    #: Where the ledger lived: "sqlite" (the embedded file) or "table" (Table Storage on Azurite).
+    ledger: str = "sqlite"
     email: int = 0
     sms: int = 0
     submitted: int = 0
@@ -163,7 +165,8 @@ class Report:
         channels = self.emulator.get("channels", {})
         answers = self.emulator.get("webhook", {}).get("responses", {})
         lines = [
-            f"chaos soak: {self.notifications} notifications ({self.email} email, {self.sms} sms), seed {self.seed}",
+            f"chaos soak: {self.notifications} notifications ({self.email} email, {self.sms} sms), seed {self.seed},"
+            f" ledger {self.ledger}",
             f"  chaos: {self.kills} workers SIGKILLed (kills paused {self.kills_deferred} times to stay under the"
             f" supervisor's {SUPERVISOR_RESTARTS_PER_MINUTE} restarts/min), {self.restarts_logged} restarts logged,"
             f" {self.latency_spikes} latency spikes, workers alive at the end: {self.workers_at_end}",
@@ -268,16 +271,61 @@ def run(
     chaos_timeout_s: float | None = None,
     settle_timeout_s: float | None = None,
     senders: int = 8,
+    ledger: str = "sqlite",
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Run the chaos soak and return what it found; never raises for a breach, lists it."""
-    say = progress or (lambda _msg: None)
+    """Run the chaos soak and return what it found; never raises for a breach, lists it.
+
+    ``ledger="table"`` keeps the ledger, the suppression list and the rate limiter in Table
+    Storage (Azurite, started for the run), as in Azure, instead of the embedded SQLite file.
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if ledger == "table":
+        from tests import azurite
+
+        with azurite.table_endpoint(data_dir) as connection_string:
+            return _run(notifications, data_dir=data_dir, seed=seed, workers=workers, report_deadline_s=report_deadline_s,
+                        kill_interval=kill_interval, latency_ms=latency_ms, latency_interval=latency_interval,
+                        min_chaos_s=min_chaos_s, chaos_timeout_s=chaos_timeout_s, settle_timeout_s=settle_timeout_s,
+                        senders=senders, progress=progress,
+                        backend={
+                            "LEDGER_BACKEND": "table", "TABLES_CONNECTION_STRING": connection_string,
+                            # The Table backends come with blob attachments; the soak sends none, so
+                            # nothing listens there and any use of the store would show as a failure.
+                            "ATTACHMENTS_CONTAINER_URL": "https://127.0.0.1:9/devstoreaccount1/attachments",
+                        })
+    if ledger != "sqlite":
+        raise ValueError(f"ledger is sqlite or table, got {ledger!r}")
+    return _run(notifications, data_dir=data_dir, seed=seed, workers=workers, report_deadline_s=report_deadline_s,
+                kill_interval=kill_interval, latency_ms=latency_ms, latency_interval=latency_interval,
+                min_chaos_s=min_chaos_s, chaos_timeout_s=chaos_timeout_s, settle_timeout_s=settle_timeout_s,
+                senders=senders, progress=progress, backend={})
+
+
+def _run(
+    notifications: int,
+    *,
+    data_dir: Path,
+    seed: int,
+    workers: int,
+    report_deadline_s: int,
+    kill_interval: tuple[float, float],
+    latency_ms: int,
+    latency_interval: tuple[float, float],
+    min_chaos_s: float,
+    chaos_timeout_s: float | None,
+    settle_timeout_s: float | None,
+    senders: int,
+    progress: Callable[[str], None] | None,
+    backend: dict[str, str],
+) -> Report:
+    say = progress or (lambda _msg: None)
     rng = random.Random(seed)
     run_tag = uuid.UUID(int=rng.getrandbits(128)).hex[:6]
     items = [request_body(i, run_tag) for i in range(notifications)]
-    report = Report(notifications=notifications, seed=seed, data_dir=str(data_dir), workers=workers)
+    report = Report(notifications=notifications, seed=seed, data_dir=str(data_dir), workers=workers,
+                    ledger=backend.get("LEDGER_BACKEND", "sqlite"))
     report.email = sum(channel == "email" for _, channel, _ in items)
     report.sms = notifications - report.email
     chaos_timeout_s = chaos_timeout_s or max(120.0, notifications * 0.06)
@@ -290,6 +338,7 @@ def run(
         RECONCILE_INTERVAL_SECONDS="1",
         # The local sample turns the quotas off; say so here too, since 10,000 sends must not wait on them.
         EMAIL_RATE_PER_MINUTE="0", EMAIL_RATE_PER_HOUR="0", SMS_RATE_PER_MINUTE="0", SMS_RATE_PER_HOUR="0",
+        **backend,
     )
     started = time.monotonic()
     with stack, httpx.Client(timeout=30) as probe:
@@ -574,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory, removed after")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report-deadline", type=int, default=20, help="DELIVERY_REPORT_DEADLINE_SECONDS")
+    parser.add_argument("--ledger", choices=["sqlite", "table"], default="sqlite",
+                        help="the embedded SQLite ledger, or Table Storage on Azurite (started for the run) as in Azure")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
 
@@ -582,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="chaos-soak-"))
     report = run(args.notifications, data_dir=data_dir, seed=seed, workers=args.workers,
-                 report_deadline_s=args.report_deadline, progress=progress)
+                 report_deadline_s=args.report_deadline, ledger=args.ledger, progress=progress)
     print(report.render(), flush=True)
     if report.ok and args.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)

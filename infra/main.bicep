@@ -101,9 +101,6 @@ param statusEventTypePrefix string = 'Notify'
 @description('Create the example status event subscription (every event into the status-events storage queue).')
 param statusEventsExampleSubscription bool = true
 
-@description('Create the Event Grid subscription to the apply_delivery_report function. False only for the first deployment, before the code is published (Event Grid checks that the function exists).')
-param subscribeDeliveryReports bool = true
-
 @description('ENTRA_AUDIENCES: the application ID URI (e.g. api://notify-prod) and/or client id of this environment\'s API app registration, comma-separated (docs/security.md).')
 param apiAudiences string
 
@@ -210,6 +207,7 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     notificationsQueueName: serviceBus.outputs.queueName
     requestsQueueName: serviceBus.outputs.requestsQueueName
+    deliveryReportsQueueName: serviceBus.outputs.deliveryReportsQueueName
     queueLockSeconds: serviceBus.outputs.lockSeconds
     queueMaxDeliveryCount: serviceBus.outputs.maxDeliveryCount
     tablesEndpoint: empty(tablesEndpoint) ? storage.outputs.tablesEndpoint : tablesEndpoint
@@ -250,6 +248,7 @@ module functionRoles 'modules/function-roles.bicep' = {
     serviceBusNamespaceName: serviceBus.outputs.namespaceName
     queueName: serviceBus.outputs.queueName
     requestsQueueName: serviceBus.outputs.requestsQueueName
+    deliveryReportsQueueName: serviceBus.outputs.deliveryReportsQueueName
     acsName: communication.outputs.acsName
     appInsightsName: monitoring.outputs.appInsightsName
     appInsightsEntraAuth: appInsightsEntraAuth
@@ -277,17 +276,13 @@ module eventGridTopic 'modules/eventgrid-topic.bicep' = {
 
 module eventGridSubscription 'modules/eventgrid-subscription.bicep' = {
   name: 'eventgrid-subscription'
-  dependsOn: [
-    // The function must be able to read the ledger before reports start to arrive.
-    functionRoles
-  ]
   params: {
     topicName: eventGridTopic.outputs.name
     topicPrincipalId: eventGridTopic.outputs.principalId
-    functionAppName: functionApp.outputs.name
+    serviceBusNamespaceName: serviceBus.outputs.namespaceName
+    deliveryReportsQueueName: serviceBus.outputs.deliveryReportsQueueName
     storageAccountName: storage.outputs.name
     deadLetterContainerName: storage.outputs.deadLetterContainerName
-    subscribe: subscribeDeliveryReports
   }
 }
 
@@ -303,6 +298,7 @@ module alerts 'modules/alerts.bicep' = {
     serviceBusNamespaceId: serviceBus.outputs.namespaceId
     queueName: serviceBus.outputs.queueName
     requestsQueueName: serviceBus.outputs.requestsQueueName
+    deliveryReportsQueueName: serviceBus.outputs.deliveryReportsQueueName
   }
 }
 

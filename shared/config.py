@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     notifications_queue: str = Field("notifications", alias="NOTIFICATIONS_QUEUE")
     # Where other apps put notification requests (the intake trigger's queue, and the CLI's enqueue).
     requests_queue: str = Field("notification-requests", alias="REQUESTS_QUEUE", min_length=1, max_length=260)
+    # Where Event Grid puts ACS events in Azure (the report trigger's queue); unused locally, where
+    # the emulator posts them to /api/events.
+    delivery_reports_queue: str = Field("delivery-reports", alias="DELIVERY_REPORTS_QUEUE", min_length=1, max_length=260)
     # https://<account>.table.core.windows.net (or a Cosmos DB for Table endpoint).
     tables_endpoint: str | None = Field(None, alias="TABLES_ENDPOINT")
     # Only for Azurite on a laptop; in Azure the identity authenticates against TABLES_ENDPOINT.

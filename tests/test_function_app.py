@@ -49,7 +49,7 @@ def test_the_app_registers_the_http_api_the_dispatcher_the_report_handler_and_th
         "http_app_func": "httpTrigger",
         "dispatch_notification": "serviceBusTrigger",
         "accept_notification_request": "serviceBusTrigger",
-        "apply_delivery_report": "eventGridTrigger",
+        "apply_delivery_reports": "serviceBusTrigger",
         "reconcile": "timerTrigger",
         "relay_status_events": "timerTrigger",
     }
@@ -159,24 +159,6 @@ def test_a_malformed_service_bus_message_is_dead_lettered_in_the_ledger_not_retr
     message = ServiceBusMessage(body=b"not json", message_id="m1", delivery_count=1, application_properties={}, user_properties={})
     functions()["dispatch_notification"].get_user_function()(message)  # returns: completed, not abandoned
     assert faked_services.email_sender.sent == [] and faked_services.sms_sender.sent == []
-
-
-def test_the_event_grid_function_applies_a_delivery_report(faked_services):
-    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
-    event = func.EventGridEvent(
-        id="ev-1",
-        data={"sender": "DoNotReply@notify.example.com", "recipient": "a@example.com", "messageId": nid, "status": "Delivered",
-              "deliveryStatusDetails": {"statusMessage": "ok"}},
-        topic=SETTINGS["ACS_RESOURCE_ID"],
-        subject=f"sender/x/message/{nid}",
-        event_type="Microsoft.Communication.EmailDeliveryReportReceived",
-        event_time=datetime.now(timezone.utc),
-        data_version="1.0",
-    )
-
-    functions()["apply_delivery_report"].get_user_function()(event)
-
-    assert faked_services.ledger.get(nid).status is NotificationStatus.DELIVERED
 
 
 def test_the_timer_function_marks_overdue_sends_unconfirmed(faked_services):
@@ -316,3 +298,103 @@ def test_the_status_relay_timer_publishes_what_the_dispatcher_left_in_the_outbox
         ("Notify.notification.accepted", f"notifications/{nid}"), ("Notify.notification.sent", f"notifications/{nid}"),
     ]
     assert faked_services.ledger.pending_status_events(10) == []
+
+
+# ------------------------------------------------------------------------------ the delivery-reports queue
+
+
+def test_the_report_trigger_takes_its_queue_in_batches_from_app_settings_and_settles_messages_itself():
+    binding = trigger("apply_delivery_reports")
+    assert LOCAL_SETTINGS[setting_name(binding["queueName"])] == "delivery-reports"
+    assert binding["connection"] == trigger("dispatch_notification")["connection"]
+    assert binding["cardinality"] == func.Cardinality.MANY
+    assert binding["autoCompleteMessages"] is False
+
+
+def host_batch(bodies: list[bytes]) -> list:
+    """Messages as the Functions host hands a batch to an SDK-type binding (cardinality many)."""
+    model_binding_data = []
+    for position, body in enumerate(bodies):
+        amqp = uamqp.Message(body=body, properties=MessageProperties(message_id=f"eg-{position}", content_type="application/json"))
+        content = uuid.uuid4().bytes_le + b"x-opt-lock-token" + amqp.encode_message()
+        model_binding_data.append(
+            SimpleNamespace(version="1.0", source="AzureServiceBusReceivedMessage", content_type="application/octet-stream", content=content)
+        )
+    data = SimpleNamespace(model_binding_data=model_binding_data)
+    return ServiceBusConverter.decode(
+        Datum(data, "collection_model_binding_data"), trigger_metadata=None, pytype=list[ServiceBusReceivedMessage]
+    )
+
+
+def report_event(nid: str, status: str, event_id: str, recipient: str = "a@example.com") -> bytes:
+    """One ACS email delivery report as Event Grid writes it into a Service Bus message body."""
+    return json.dumps({
+        "id": event_id,
+        "topic": SETTINGS["ACS_RESOURCE_ID"],
+        "subject": f"sender/DoNotReply@notify.example.com/message/{nid}",
+        "eventType": "Microsoft.Communication.EmailDeliveryReportReceived",
+        "eventTime": datetime.now(timezone.utc).isoformat(),
+        "dataVersion": "1.0",
+        "metadataVersion": "1",
+        "data": {"sender": "DoNotReply@notify.example.com", "recipient": recipient, "messageId": nid,
+                 "status": status, "deliveryStatusDetails": {"statusMessage": "ok"}},
+    }).encode()
+
+
+def call_reports(messages) -> RecordingMessageActions:
+    actions = RecordingMessageActions()
+    functions()["apply_delivery_reports"].get_user_function()(messages, actions)
+    return actions
+
+
+def test_a_batch_of_delivery_reports_from_the_queue_is_applied_and_every_message_completed(faked_services):
+    email = {"channel": "email", "subject": "Hi", "text": "Hello"}
+    delivered = submit_and_dispatch(faked_services, {**email, "to": ["a@example.com"]})
+    faked_services.queue.sent.clear()
+    bounced = submit_and_dispatch(faked_services, {**email, "to": ["b@example.com"]})
+    messages = host_batch([report_event(delivered, "Delivered", "ev-1"), report_event(bounced, "Bounced", "ev-2", "b@example.com")])
+
+    actions = call_reports(messages)
+
+    assert actions.calls == [("complete", m.lock_token) for m in messages]
+    assert faked_services.ledger.get(delivered).status is NotificationStatus.DELIVERED
+    assert faked_services.ledger.get(bounced).status is NotificationStatus.BOUNCED
+
+
+def test_a_message_that_holds_no_event_is_dead_lettered_and_the_rest_of_its_batch_applied(faked_services):
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
+    messages = host_batch([b"not json", report_event(nid, "Delivered", "ev-1"), b'"a string, not an event"'])
+
+    actions = call_reports(messages)
+
+    assert [(call[0], call[1]) for call in actions.calls] == [
+        ("deadletter", messages[0].lock_token), ("complete", messages[1].lock_token), ("deadletter", messages[2].lock_token),
+    ]
+    assert {call[2] for call in actions.calls if call[0] == "deadletter"} == {"UnreadableEvent"}
+    assert faked_services.ledger.get(nid).status is NotificationStatus.DELIVERED
+
+
+def test_the_same_report_delivered_twice_by_the_queue_is_applied_once(faked_services):
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
+    call_reports(host_batch([report_event(nid, "Delivered", "ev-1")]))
+    history = len(faked_services.ledger.get(nid).history)
+
+    actions = call_reports(host_batch([report_event(nid, "Delivered", "ev-1")]))
+
+    assert [call[0] for call in actions.calls] == ["complete"]
+    assert len(faked_services.ledger.get(nid).history) == history
+
+
+def test_a_report_batch_whose_ledger_is_unreachable_raises_unsettled_so_the_host_delivers_it_again(faked_services):
+    nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
+
+    class Unreachable(FakeLedger):
+        def find_by_message_ids(self, message_ids):
+            raise ConnectionError("the ledger cannot be reached")
+
+    faked_services.ledger = Unreachable()
+    actions = RecordingMessageActions()
+
+    with pytest.raises(ConnectionError):
+        functions()["apply_delivery_reports"].get_user_function()(host_batch([report_event(nid, "Delivered", "ev-1")]), actions)
+    assert actions.calls == []

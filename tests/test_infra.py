@@ -17,6 +17,7 @@ from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
+import azure.functions as func
 import pytest
 
 from shared import bootstrap
@@ -24,7 +25,7 @@ from shared.config import Settings
 from shared.entrypoints.local import DISPATCHER_ENV
 from tests.conftest import ROOT, SETTINGS
 # The app's registered functions: get_functions() can run once per process, and that module runs it.
-from tests.test_function_app import functions as registered_functions
+from tests.test_function_app import functions as registered_functions, setting_name as setting_of
 
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
@@ -406,7 +407,7 @@ def test_the_reconcile_schedule_is_a_six_field_cron():
 # ------------------------------------------------------------------------------ the queue
 
 
-@pytest.mark.parametrize("setting", ["NOTIFICATIONS_QUEUE", "REQUESTS_QUEUE"])
+@pytest.mark.parametrize("setting", ["NOTIFICATIONS_QUEUE", "REQUESTS_QUEUE", "DELIVERY_REPORTS_QUEUE"])
 def test_each_service_bus_queue_is_the_queue_the_app_binds(setting):
     file, queue = service_bus_queue(setting)
 
@@ -528,17 +529,30 @@ def test_service_bus_and_storage_refuse_keys():
 # ------------------------------------------------------------------------------ delivery reports
 
 
-def test_delivery_reports_reach_the_event_grid_trigger_with_a_dead_letter_and_retries():
-    [report_function] = [
-        f.get_function_name()
+def test_delivery_reports_reach_the_batch_trigger_through_its_queue_with_retries_and_a_dead_letter():
+    [report_queue_setting] = [
+        setting_of(binding["queueName"])
         for f in registered_functions().values()
-        if any(b["type"] == "eventGridTrigger" for b in f.get_bindings_dict()["bindings"])
+        for binding in f.get_bindings_dict()["bindings"]
+        if binding["type"] == "serviceBusTrigger" and binding.get("cardinality") == func.Cardinality.MANY
     ]
+    queue_file, queue = service_bus_queue(report_queue_setting)
     [(file, subscription)] = [(f, r) for f in bicep_files() for r in f.resources("Microsoft.EventGrid/systemTopics/eventSubscriptions")]
-    destination = subscription.nested("properties", "destination").properties()
-    assert literal(destination["endpointType"]) == "AzureFunction"
-    target = subscription.nested("properties", "destination", "properties").properties()["resourceId"]
-    assert target.endswith("/functions/${functionName}'") and resolve(file, "functionName") == report_function
+    delivery = subscription.nested("properties", "deliveryWithResourceIdentity")
+    assert literal(delivery.child("identity").properties()["type"]) == "SystemAssigned"
+    assert literal(delivery.child("destination").properties()["endpointType"]) == "ServiceBusQueue"
+    target = delivery.child("destination").child("properties").properties()["resourceId"]
+    # The destination is the queue the trigger binds, as main.bicep passes it from the Service Bus module.
+    existing = re.search(
+        rf"(?m)^resource\s+{re.escape(target.removesuffix('.id'))}\s+'Microsoft.ServiceBus/namespaces/queues@[^']*'\s+existing\s*=\s*\{{[^}}]*?\bname:\s*(\w+)",
+        file.text.code,
+    )
+    assert existing, f"{file.path.name}: the destination {target!r} should be an existing queue named by a parameter"
+    _, passed = module_calling(file.path.name)
+    source = re.fullmatch(r"(\w+)\.outputs\.(\w+)", passed[existing.group(1)])
+    assert module_file(source.group(1)).path == queue_file.path
+    assert queue_file.output(source.group(2)) == f"{queue.symbol}.name"
+    assert literal(subscription.nested("properties").properties()["eventDeliverySchema"]) == "EventGridSchema"
 
     event_types = subscription.nested("properties", "filter", "includedEventTypes")
     assert set(re.findall(r"'([^']+)'", event_types.code)) == ACS_EVENT_TYPES
@@ -546,6 +560,23 @@ def test_delivery_reports_reach_the_event_grid_trigger_with_a_dead_letter_and_re
     dead_letter = subscription.nested("properties", "deadLetterWithResourceIdentity")
     assert literal(dead_letter.child("identity").properties()["type"]) == "SystemAssigned"
     assert literal(dead_letter.child("deadLetterDestination").properties()["endpointType"]) == "StorageBlob"
+
+    # Reports wait out an outage of the function, and expire into the dead-letter queue.
+    props = queue.nested("properties").properties()
+    assert props["deadLetteringOnMessageExpiration"] == "true"
+    assert iso_duration(resolve(queue_file, props["defaultMessageTimeToLive"])) >= timedelta(days=1)
+
+
+def test_the_acs_topic_may_send_to_the_delivery_reports_queue_and_the_function_only_receive_from_it():
+    file = BicepFile.read(INFRA / "modules" / "eventgrid-subscription.bicep")
+    assert assignments_scoped_to(file, "deliveryReportsQueue") == [SERVICE_BUS_DATA_SENDER]
+    _, passed = module_calling(file.path.name)
+    assert passed["topicPrincipalId"] == "eventGridTopic.outputs.principalId"
+
+    _, params = module_calling("function-roles.bicep")
+    assert params["deliveryReportsQueueName"] == "serviceBus.outputs.deliveryReportsQueueName"
+    roles = BicepFile.read(INFRA / "modules" / "function-roles.bicep")
+    assert assignments_scoped_to(roles, "deliveryReportsQueue") == [SERVICE_BUS_DATA_RECEIVER]
 
 
 def test_the_function_app_gets_the_dispatcher_environment_the_local_supervisor_gives_its_workers():
@@ -611,7 +642,7 @@ def test_an_example_subscription_receives_status_events_in_the_cloudevents_schem
     assert "deadLetterWithResourceIdentity" in props
 
 
-def test_dead_letters_on_the_requests_queue_alert_the_operators():
+def test_dead_letters_on_every_queue_alert_the_operators():
     symbol, params = module_calling("alerts.bicep")
     assert params["requestsQueueName"] == "serviceBus.outputs.requestsQueueName"
     watched = []
@@ -619,4 +650,5 @@ def test_dead_letters_on_the_requests_queue_alert_the_operators():
         for criterion in alert.nested("properties", "criteria", "allOf").items():
             if literal(criterion.properties()["metricName"]) == "DeadletteredMessages":
                 watched += re.findall(r"\b(\w+)\b", criterion.child("dimensions").code.split("values")[1])
-    assert "requestsQueueName" in watched and "queueName" in watched
+    assert params["deliveryReportsQueueName"] == "serviceBus.outputs.deliveryReportsQueueName"
+    assert {"requestsQueueName", "queueName", "deliveryReportsQueueName"} <= set(watched)

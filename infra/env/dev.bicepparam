@@ -17,10 +17,6 @@ param logRetentionDays = 30
 param retentionDays = 30
 param alwaysReadyHttpInstances = 0
 
-// false for the very first deployment of an environment, before the code is published:
-// NOTIFY_SUBSCRIBE_DELIVERY_REPORTS=false az deployment group create ... (docs/deploy.md).
-param subscribeDeliveryReports = readEnvironmentVariable('NOTIFY_SUBSCRIBE_DELIVERY_REPORTS', 'true') == 'true'
-
 // Generated once per environment and kept (a new key makes older telemetry unsearchable by
 // recipient): NOTIFY_PII_HASH_KEY=$(openssl rand -base64 32), see docs/operations.md.
 param piiHashKey = readEnvironmentVariable('NOTIFY_PII_HASH_KEY')

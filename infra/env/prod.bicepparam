@@ -38,8 +38,6 @@ param alwaysReadyHttpInstances = 1
 param zoneRedundant = true
 param maximumInstanceCount = 40
 
-param subscribeDeliveryReports = readEnvironmentVariable('NOTIFY_SUBSCRIBE_DELIVERY_REPORTS', 'true') == 'true'
-
 // Generated once per environment and kept (a new key makes older telemetry unsearchable by
 // recipient): NOTIFY_PII_HASH_KEY=$(openssl rand -base64 32), see docs/operations.md.
 param piiHashKey = readEnvironmentVariable('NOTIFY_PII_HASH_KEY')

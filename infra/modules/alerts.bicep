@@ -20,6 +20,7 @@ param workspaceId string
 param serviceBusNamespaceId string
 param queueName string
 param requestsQueueName string
+param deliveryReportsQueueName string
 
 @description('Percent of failed function invocations that raises the alert.')
 param functionFailureRatePercent int = 5
@@ -247,10 +248,60 @@ resource requestDeadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   }
 }
 
+// Any event in the delivery-reports queue's dead-letter sub-queue: UnreadableEvent (a message
+// that is not an event; Event Grid is the only sender, so this is a misconfiguration),
+// MaxDeliveryCountExceeded (applying the batch kept failing: the ledger was unreachable) or
+// TTLExpiredException (the function was down for a week).
+resource reportDeadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: '${namePrefix}-delivery-reports-dead-letter-queue'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'The ${deliveryReportsQueueName} queue\'s dead-letter sub-queue is not empty. MaxDeliveryCountExceeded or TTLExpiredException: once apply_delivery_reports succeeds again, resubmit the messages unchanged (applying a report twice changes nothing). UnreadableEvent: find what else sends to the queue.'
+    severity: 3
+    enabled: true
+    scopes: [
+      serviceBusNamespaceId
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          name: 'DeadletteredMessages'
+          criterionType: 'StaticThresholdCriterion'
+          metricNamespace: 'Microsoft.ServiceBus/namespaces'
+          metricName: 'DeadletteredMessages'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                deliveryReportsQueueName
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Maximum'
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
+
 // The reconciler logs "reconciled: N unconfirmed, ..." when recipients passed
 // DELIVERY_REPORT_DEADLINE_SECONDS without a delivery report. ACS reports every send, so a
 // miss means reports are not arriving: the Event Grid subscription is missing or failing
-// (look in the eventgrid-deadletters container), or the Event Grid trigger is failing.
+// (look in the eventgrid-deadletters container), or apply_delivery_reports is failing (its
+// queue fills up, and then its dead-letter sub-queue).
 resource deliveryReportDeadline 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: '${namePrefix}-delivery-report-deadline'
   location: location
@@ -258,7 +309,7 @@ resource deliveryReportDeadline 'Microsoft.Insights/scheduledQueryRules@2023-12-
   kind: 'LogAlert'
   properties: {
     displayName: 'Notify: delivery reports missing their deadline'
-    description: 'Recipients were marked unconfirmed: no delivery report arrived within DELIVERY_REPORT_DEADLINE_SECONDS. Check the Event Grid subscription on the ACS system topic, its dead letters, and apply_delivery_report failures.'
+    description: 'Recipients were marked unconfirmed: no delivery report arrived within DELIVERY_REPORT_DEADLINE_SECONDS. Check the Event Grid subscription on the ACS system topic and its dead letters, the delivery-reports queue, and apply_delivery_reports failures.'
     severity: 2
     enabled: true
     evaluationFrequency: 'PT15M'

@@ -1,31 +1,40 @@
-// Delivers ACS events to the Function's Event Grid trigger (apply_delivery_report), retrying
-// for a day and dead-lettering what still fails into blob storage with the topic's identity.
+// Puts ACS events on the delivery-reports Service Bus queue, where the Function's batch trigger
+// (apply_delivery_reports) takes them a thousand at a time. The topic's identity sends to that
+// one queue and writes Event Grid's own dead letters (events the queue would not take for a day)
+// into blob storage; no key or URL is involved.
+//
+// Through a queue rather than Event Grid's Azure Function destination: the Python Event Grid
+// trigger is invoked once per event, so every report cost its own ledger read and write, where a
+// batch costs one of each; the queue also holds reports through an outage of the function (a
+// week, see servicebus.bicep) and the subscription no longer needs the function to exist, so the
+// first deployment needs no second pass.
 
 param topicName string
 
-@description('Object id of the system topic\'s identity, which writes the dead letters.')
+@description('Object id of the system topic\'s identity, which sends the events and writes the dead letters.')
 param topicPrincipalId string
 
-param functionAppName string
-
-@description('The Event Grid-triggered function in function_app.py.')
-param functionName string = 'apply_delivery_report'
+param serviceBusNamespaceName string
+param deliveryReportsQueueName string
 
 param storageAccountName string
 param deadLetterContainerName string
 
-@description('Create the subscription. Event Grid checks that the function exists, so the very first deployment (before the code is published) runs with false; see docs/deploy.md.')
-param subscribe bool
-
-// Storage Blob Data Contributor (built-in role id): write blobs into the one container.
+// Built-in role definition ids: Azure Service Bus Data Sender, Storage Blob Data Contributor.
+var serviceBusDataSender = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
 resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
   name: topicName
 }
 
-resource site 'Microsoft.Web/sites@2024-04-01' existing = {
-  name: functionAppName
+resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
+  name: serviceBusNamespaceName
+}
+
+resource deliveryReportsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
+  parent: namespace
+  name: deliveryReportsQueueName
 }
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -42,6 +51,17 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   name: deadLetterContainerName
 }
 
+// Scoped to the one queue: the topic can send there and nowhere else.
+resource queueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deliveryReportsQueue.id, topicPrincipalId, serviceBusDataSender)
+  scope: deliveryReportsQueue
+  properties: {
+    principalId: topicPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataSender)
+  }
+}
+
 // Scoped to the dead-letter container alone: the topic can write there and nowhere else.
 resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(deadLetterContainer.id, topicPrincipalId, storageBlobDataContributor)
@@ -53,24 +73,29 @@ resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-resource deliveryReports 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = if (subscribe) {
+// The name is kept from when the subscription targeted the function directly, so that a
+// redeployment updates it in place rather than leaving the old one delivering to a function
+// that no longer exists.
+resource deliveryReports 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
   parent: systemTopic
   name: 'delivery-reports-to-function'
   dependsOn: [
+    queueSender
     deadLetterWriter
   ]
   properties: {
-    // The Python Event Grid trigger reads the Event Grid schema (eventType, topic, ...).
+    // Each message body is one event in the Event Grid schema (eventType, topic, ...), which the
+    // trigger reads as the /api/events webhook does.
     eventDeliverySchema: 'EventGridSchema'
-    destination: {
-      // Delivered through the Functions host's Event Grid extension: no webhook URL and no
-      // key to manage, and the host answers the subscription handshake itself.
-      endpointType: 'AzureFunction'
-      properties: {
-        resourceId: '${site.id}/functions/${functionName}'
-        // The Python trigger is invoked once per event anyway.
-        maxEventsPerBatch: 1
-        preferredBatchSizeInKilobytes: 64
+    deliveryWithResourceIdentity: {
+      identity: {
+        type: 'SystemAssigned'
+      }
+      destination: {
+        endpointType: 'ServiceBusQueue'
+        properties: {
+          resourceId: deliveryReportsQueue.id
+        }
       }
     }
     filter: {
@@ -81,9 +106,8 @@ resource deliveryReports 'Microsoft.EventGrid/systemTopics/eventSubscriptions@20
         'Microsoft.Communication.SMSReceived'
       ]
     }
-    // Event Grid's longest policy: 30 attempts on its back-off schedule within 24 hours. A
-    // delivery report that arrives late still wins over `unconfirmed` (the status only moves
-    // up), so a late report is worth delivering; one that fails for a day is dead-lettered.
+    // Event Grid's longest policy, 30 attempts within 24 hours, for the rare time the queue is
+    // unavailable or full; then the event is dead-lettered to blob storage.
     retryPolicy: {
       maxDeliveryAttempts: 30
       eventTimeToLiveInMinutes: 1440
@@ -103,4 +127,4 @@ resource deliveryReports 'Microsoft.EventGrid/systemTopics/eventSubscriptions@20
   }
 }
 
-output subscriptionName string = subscribe ? deliveryReports.name : ''
+output subscriptionName string = deliveryReports.name

@@ -21,6 +21,7 @@ param storageAccountName string
 param serviceBusNamespaceName string
 param queueName string
 param requestsQueueName string
+param deliveryReportsQueueName string
 param acsName string
 param appInsightsName string
 
@@ -46,6 +47,11 @@ resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
 resource requestsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
   parent: namespace
   name: requestsQueueName
+}
+
+resource deliveryReportsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = {
+  parent: namespace
+  name: deliveryReportsQueueName
 }
 
 resource acs 'Microsoft.Communication/communicationServices@2023-04-01' existing = {
@@ -89,6 +95,18 @@ resource queueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 resource requestsReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(requestsQueue.id, principalId, roles.serviceBusDataReceiver)
   scope: requestsQueue
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+  }
+}
+
+// Receiver on the delivery-reports queue: the report trigger peek-locks, completes and
+// dead-letters. Event Grid's topic is its only sender (eventgrid-subscription.bicep).
+resource deliveryReportsReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deliveryReportsQueue.id, principalId, roles.serviceBusDataReceiver)
+  scope: deliveryReportsQueue
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'

@@ -3,7 +3,8 @@
 // Insights). Why Flex Consumption rather than Elastic Premium: docs/deploy.md, "Hosting plan".
 //
 // App settings: every setting the app reads (the aliases of shared.config.Settings, plus the
-// binding settings NOTIFICATIONS_QUEUE, REQUESTS_QUEUE, RECONCILE_SCHEDULE, STATUS_RELAY_SCHEDULE and the
+// binding settings NOTIFICATIONS_QUEUE, REQUESTS_QUEUE, DELIVERY_REPORTS_QUEUE, RECONCILE_SCHEDULE,
+// STATUS_RELAY_SCHEDULE and the
 // ServiceBusConnection prefix)
 // is set here with its production value; tests/test_infra.py fails when one is missing.
 // Deliberately absent: ACS_ACCESS_KEY and TABLES_CONNECTION_STRING (the identity
@@ -37,6 +38,9 @@ param notificationsQueueName string
 
 @description('The queue other apps put notification requests on (the intake trigger binds it).')
 param requestsQueueName string
+
+@description('The queue Event Grid puts ACS events on (the report trigger binds it).')
+param deliveryReportsQueueName string
 
 @description('The queue\'s lock duration, mirrored into QUEUE_LOCK_SECONDS.')
 param queueLockSeconds int
@@ -200,6 +204,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           value: requestsQueueName
         }
         {
+          name: 'DELIVERY_REPORTS_QUEUE'
+          value: deliveryReportsQueueName
+        }
+        {
           // Six-field NCRONTAB: every five minutes.
           name: 'RECONCILE_SCHEDULE'
           value: '0 */5 * * * *'
@@ -251,8 +259,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           value: '30'
         }
         {
-          // Delivery reports reach the Event Grid trigger, not the /api/events webhook, so no
-          // secret is needed. A subscription to the webhook authenticates with an Entra token
+          // Delivery reports reach the report trigger through the delivery-reports queue, not the
+          // /api/events webhook, so no secret is needed. A subscription to the webhook authenticates with an Entra token
           // (deliveryWithResourceIdentity) or with a secret set here as a Key Vault reference.
           name: 'EVENTGRID_WEBHOOK_SECRET'
           value: ''

@@ -1,4 +1,5 @@
-// Service Bus namespace, the dispatch queue, and the requests queue other apps send to.
+// Service Bus namespace, the dispatch queue, the requests queue other apps send to, and the queue
+// Event Grid puts ACS events on.
 //
 // The queue's settings follow from how the app uses it (README "How sending works"):
 // - the app never retries by abandoning a message: a failed attempt schedules a clone of the
@@ -112,6 +113,36 @@ resource requestsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   }
 }
 
+// Must equal DELIVERY_REPORTS_QUEUE in local.settings.sample.json (tests/test_infra.py checks it).
+var deliveryReportsQueueName = 'delivery-reports'
+
+// Event Grid puts every ACS event (delivery and engagement reports, inbound SMS) here, one event a
+// message, and the report function takes them a batch at a time: one ledger read and one write
+// per batch instead of per event. Applying a report twice changes nothing, so redelivery is safe
+// and there is no duplicate detection; a batch whose ledger write fails is delivered again as a
+// whole, ten times (Service Bus's default) before its messages go to the dead-letter queue with
+// MaxDeliveryCountExceeded, to be resubmitted once the ledger is back.
+resource deliveryReportsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: namespace
+  name: deliveryReportsQueueName
+  properties: {
+    // A batch is up to host.json's maxMessageBatchSize (1,000) reports, applied in seconds; the
+    // host renews the locks while it runs.
+    lockDuration: 'PT1M'
+    maxDeliveryCount: 10
+    // A late report still wins over `unconfirmed`, so reports wait out an outage of the function
+    // for a week; past that they expire into the dead-letter queue (and its alert).
+    defaultMessageTimeToLive: 'P7D'
+    deadLetteringOnMessageExpiration: true
+    requiresDuplicateDetection: false
+    requiresSession: false
+    enablePartitioning: false
+    // About a million reports of 1 KB.
+    maxSizeInMegabytes: 1024
+    enableBatchedOperations: true
+  }
+}
+
 resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'to-log-analytics'
   scope: namespace
@@ -140,3 +171,4 @@ output queueName string = queue.name
 output requestsQueueName string = requestsQueue.name
 output lockSeconds int = lockSeconds
 output maxDeliveryCount int = maxDeliveryCount
+output deliveryReportsQueueName string = deliveryReportsQueue.name

@@ -55,8 +55,13 @@ Tables (``<prefix><name>``, created on first use):
   notification has no events left is settled the same way, with a write that changes nothing but
   the version.
 * The ``window`` entry is upserted after every successful save, so it carries the status of the
-  last save (if two saves' index writes cross, or a process dies between the two writes, it lags
-  until the notification's next save). ``status_counts`` reads only the hour partitions the
+  last save. Two saves' window writes can cross, and a process can die between a save and its
+  window write; either would leave the entry behind the notification. Every save that changes
+  the status also leaves status events, and so an ``outbox`` entry written ahead, so the relay
+  mends it: when it settles a notification's events it upserts the window entry from the
+  notification as it wrote it, before deleting the ``outbox`` entry (a crash between keeps the
+  entry, and the next relay run mends again). Its own window write can cross a newer save's only
+  if that save changed the status, and then that save's events bring the relay back. ``status_counts`` reads only the hour partitions the
   window touches, with a RowKey range, so its cost grows with the window and not with the table.
 * Writes that share a partition (window entries of one hour, follow-up entries, a purge's
   deletions) go in entity-group transactions of up to 100. One partition serves about 2,000
@@ -259,6 +264,23 @@ class TableStore:
                 self.table(name).submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in batch])
 
         self.map(write, list(_batches(entities)))
+
+    def create_many(self, name: str, entities: Iterable[dict[str, Any]]) -> int:
+        """Insert each entity whose keys are free and return how many were; one transaction per
+        partition and hundred entities where none exists yet (a transaction fails as a whole when
+        one does), else one insert each."""
+
+        def create(batch: list[dict[str, Any]]) -> int:
+            if len(batch) > 1:
+                try:
+                    self.table(name).submit_transaction([("create", e) for e in batch])
+                    return len(batch)
+                except HttpResponseError as error:
+                    if _status(error) != 409:
+                        raise
+            return sum(self.map(lambda e: self.create(name, e), batch))
+
+        return sum(create(batch) for batch in _batches(entities))
 
     def delete_many(self, name: str, keys: Iterable[tuple[str, str]]) -> None:
         """Delete whatever of these exists, one transaction per partition and hundred keys where
@@ -530,6 +552,17 @@ class TableLedger:
             "channel": n.channel.value,
             "status": n.status.value,
             "reached_acs": n.reached_acs,
+        }
+
+    @staticmethod
+    def _window_entry_of(entity: dict[str, Any]) -> dict[str, Any]:
+        """The window entry for a notification entity as written, from its columns alone."""
+        return {
+            "PartitionKey": _hour(from_text(entity["created_at"])),
+            "RowKey": f"{entity['created_at']}|{entity['PartitionKey']}",
+            "channel": entity["channel"],
+            "status": entity["status"],
+            "reached_acs": entity["reached_acs"],
         }
 
     def _write_ahead(self, items: list[tuple[Notification, _Indexed | None]]) -> None:
@@ -966,54 +999,70 @@ class TableLedger:
                 groups.append(sorted(events, key=lambda e: e.sequence))
             else:
                 settled.append((entry, entity))
-        self._store.map(lambda item: self._drop_outbox_entry(*item), settled)
+        self._settle_outbox(self._store.map(lambda item: self._touch_settled(*item), settled))
         groups.sort(key=lambda g: (g[0].at, g[0].notification_id))
         return [e for g in groups for e in g][:limit]
 
-    def _drop_outbox_entry(self, entry: TableEntity, entity: TableEntity | None) -> None:
-        """Delete an entry whose notification has no events to relay (see the module docstring)."""
+    def _touch_settled(self, entry: TableEntity, entity: TableEntity | None) -> tuple[TableEntity, dict] | None:
+        """For an entry whose notification has no events to relay (see the module docstring): the
+        entry and the notification as rewritten, or None when the entry stays for now."""
         if entity is None:
             noted = entry.metadata.get("timestamp")
             if noted is not None and datetime.now(timezone.utc) - noted > _ORPHAN_AGE:
                 self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
-            return
+            return None
         touched = dict(entity) | {"version": entity["version"] + 1, "outbox": False}
         etag = self._store.replace_if(NOTIFICATIONS, touched, entity.metadata["etag"])
-        if etag:
-            self._seen.remember(entry["id"], _Seen(touched["version"], etag, _Indexed.recorded(touched)))
-            self._store.delete(FOLLOWUPS, entry["PartitionKey"], entry["RowKey"], entry.metadata["etag"])
+        if not etag:
+            return None
+        self._seen.remember(entry["id"], _Seen(touched["version"], etag, _Indexed.recorded(touched)))
+        return entry, touched
+
+    def _settle_outbox(self, settled: Iterable[tuple[TableEntity, dict] | None]) -> None:
+        """Mend the window entries of notifications whose outbox entries are done, then delete
+        those entries (conditionally on the ETags read before the notifications)."""
+        done = [item for item in settled if item is not None]
+        if not done:
+            return
+        self._store.upsert_many(WINDOW, [self._window_entry_of(written) for _, written in done])
+        self._store.map(
+            lambda entry: self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"]),
+            [entry for entry, _ in done],
+        )
 
     def mark_status_events_published(self, events: Iterable[StatusEvent]) -> None:
         published: dict[str, set[str]] = {}
         for event in events:
             published.setdefault(event.notification_id, set()).add(event.id)
-        self._store.map(lambda item: self._remove_published(*item), list(published.items()))
+        self._settle_outbox(self._store.map(lambda item: self._remove_published(*item), list(published.items())))
 
-    def _remove_published(self, notification_id: str, event_ids: set[str]) -> None:
+    def _remove_published(self, notification_id: str, event_ids: set[str]) -> tuple[TableEntity, dict] | None:
+        """Remove published events from the notification: the outbox entry and the notification as
+        written when none is left, else None."""
         pk = encode_key(notification_id)
         for _ in range(_ADD_TRIES):
             head = self._store.get(NOTIFICATIONS, pk, "", select=["created_at"])
             if head is None:
-                return
+                return None
             # The entry before the notification: the order the module docstring relies on.
             entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{pk}")
             entity = self._store.get(NOTIFICATIONS, pk, "")
             if entity is None:
-                return
+                return None
             n = self._load(entity)
             remaining = [e for e in n.pending_status_events if e.id not in event_ids]
             if remaining and len(remaining) == len(n.pending_status_events):
-                return  # removed already
+                return None  # removed already
             n.pending_status_events = remaining
-            etag = self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), entity.metadata["etag"])
+            written = self._entity(n, n.version + 1)
+            etag = self._store.replace_if(NOTIFICATIONS, written, entity.metadata["etag"])
             if not etag:
                 continue  # a writer came between: read again
             self._seen.remember(notification_id, _Seen(n.version + 1, etag, _Indexed.of(n)))
-            if not remaining and entry is not None:
-                self._store.delete(FOLLOWUPS, OUTBOX, entry["RowKey"], entry.metadata["etag"])
-            return
+            return (entry, written) if not remaining and entry is not None else None
         log.warning("notification %s: published status events not removed after %d tries; they will be relayed again",
                     notification_id, _ADD_TRIES)
+        return None
 
     # ------------------------------------------------------------------ retention
 

@@ -3,7 +3,9 @@
 One table, ``<prefix>suppressions``: PartitionKey = the channel, RowKey = the recipient's
 normalised key (``Suppression.key``) percent-encoded, because RowKeys may not contain
 ``/ \\ # ?`` and an email address may. ``find`` is a point read per address; ``add`` is an insert,
-so of two adders exactly one is told it added the entry. ``list`` reads the channel's partition
+so of two adders exactly one is told it added the entry. ``add_many`` inserts a channel's entries
+in transactions of a hundred, and falls back to one insert each (``TABLE_CONCURRENCY`` at a time)
+for a hundred of which one is listed already. ``list`` reads the channel's partition
 (or both) and sorts by time: it serves the operator CLI, not the send path.
 """
 
@@ -38,7 +40,8 @@ class TableSuppressionList:
             notification_id=entity.get("notification_id") or None,
         )
 
-    def add(self, entry: Suppression) -> bool:
+    @staticmethod
+    def _entity(entry: Suppression) -> dict[str, Any]:
         entity: dict[str, Any] = {
             "PartitionKey": entry.channel.value,
             "RowKey": encode_key(Suppression.key(entry.channel, entry.address)),
@@ -48,12 +51,19 @@ class TableSuppressionList:
         }
         if entry.notification_id:
             entity["notification_id"] = entry.notification_id
-        return self._store.create(SUPPRESSIONS, entity)
+        return entity
+
+    def add(self, entry: Suppression) -> bool:
+        return self._store.create(SUPPRESSIONS, self._entity(entry))
 
     def add_many(self, entries: Iterable[Suppression]) -> int:
-        # One request each: an entity group transaction fails whole when one of its entities
-        # exists, and a recipient already listed must not keep the others off the list.
-        return sum(self.add(entry) for entry in entries)
+        # The first entry for a recipient is the one that counts; a later one in the same call
+        # would only be refused, and would fail the transaction it shared with the first.
+        first: dict[tuple[str, str], dict[str, Any]] = {}
+        for entry in entries:
+            entity = self._entity(entry)
+            first.setdefault((entity["PartitionKey"], entity["RowKey"]), entity)
+        return self._store.create_many(SUPPRESSIONS, first.values())
 
     def remove(self, channel: Channel, address: str) -> bool:
         row = encode_key(Suppression.key(channel, address))

@@ -99,7 +99,7 @@ class EventsApplied:
 
 
 def apply_events(events: list[Any], svc: bootstrap.Services | None = None) -> EventsApplied:
-    """ACS events from either entrypoint (the Event Grid trigger or the webhook), in either schema."""
+    """ACS events from either entrypoint (the delivery-reports queue or the webhook), in either schema."""
     svc = svc or bootstrap.services()
     parsed = read_events(events, trusted_source=svc.settings.acs_resource_id)
     if parsed.foreign or parsed.malformed:
@@ -109,6 +109,62 @@ def apply_events(events: list[Any], svc: bootstrap.Services | None = None) -> Ev
     )
     inbound = handlers.apply_inbound_sms(ApplyInboundSms(parsed.inbound), suppressions=svc.suppressions, clock=svc.clock)
     return EventsApplied(parsed, reports, inbound)
+
+
+@dataclass(frozen=True)
+class EventMessagesApplied:
+    """A batch of messages from the delivery-reports queue, applied together."""
+
+    applied: EventsApplied
+    #: Positions of the messages whose body is not a JSON event: delivering them again cannot
+    #: help, so they are dead-lettered (``UNREADABLE_EVENT``) and the others completed.
+    unreadable: list[int]
+
+
+UNREADABLE_EVENT = "UnreadableEvent"
+
+
+def apply_event_messages(bodies: list[bytes | str], svc: bootstrap.Services | None = None) -> EventMessagesApplied:
+    """Events that Event Grid put on the delivery-reports queue, one event (or an array of them)
+    per message body, as the batch trigger receives them: applied in one
+    ``apply_delivery_reports`` call (one read and one write of the ledger for the whole batch),
+    where Event Grid's own trigger would have been one invocation, one read and one write per
+    event.
+
+    A failure to apply raises, so the whole batch is delivered again; applying a report twice
+    changes nothing, so the reports that did land are harmless on the second delivery.
+    """
+    svc = svc or bootstrap.services()
+    queue = svc.settings.delivery_reports_queue
+    attributes = {
+        "messaging.system": "servicebus",
+        "messaging.destination.name": queue,
+        "messaging.operation.type": "process",
+        "messaging.batch.message_count": len(bodies),
+    }
+    with obs.span(f"{queue} process", kind=SpanKind.CONSUMER, attributes=attributes):
+        events, unreadable = [], []
+        for position, body in enumerate(bodies):
+            try:
+                event = json.loads(body)
+            except ValueError:  # UnicodeDecodeError is one
+                event = None
+            if isinstance(event, dict):
+                events.append(event)
+            elif isinstance(event, list):  # a batch in one body, as the webhook takes them
+                events.extend(event)
+            else:
+                unreadable.append(position)
+        if unreadable:
+            log.warning("%d of %d delivery-report messages are not JSON events", len(unreadable), len(bodies))
+        return EventMessagesApplied(apply_events(events, svc), unreadable)
+
+
+def event_bodies_from_servicebus(messages: list[Any]) -> list[bytes]:
+    """The bodies of ``ServiceBusReceivedMessage`` objects (what the batch binding hands over)."""
+    from ..adapters.servicebus_queue import body_bytes
+
+    return [body_bytes(message) for message in messages]
 
 
 def run_reconciliation() -> handlers.Reconciled:

@@ -63,6 +63,19 @@ def test_several_recipients_are_added_at_once_and_only_the_new_ones_count(suppre
     assert suppressions.add_many([]) == 0
 
 
+def test_a_batch_of_bounces_larger_than_a_transaction_is_listed_whole(suppressions):
+    # 150 email recipients (one of them listed already) and 30 SMS numbers: more than one
+    # hundred-entity transaction on one channel, and a second channel beside it.
+    suppressions.add(entry("user120@example.com", minutes=1))
+    emails = [entry(f"user{i}@example.com", minutes=2) for i in range(150)]
+    numbers = [entry(f"+1425555{i:04d}", Channel.SMS, minutes=2) for i in range(30)]
+
+    assert suppressions.add_many(emails + numbers) == 179
+    assert len(suppressions.find(Channel.EMAIL, [e.address for e in emails])) == 150
+    assert len(suppressions.find(Channel.SMS, [e.address for e in numbers])) == 30
+    assert suppressions.find(Channel.EMAIL, ["user120@example.com"])["user120@example.com"].created_at == T0 + timedelta(minutes=1)
+
+
 def test_channels_are_separate_lists(suppressions):
     suppressions.add(entry("+14255551234", Channel.SMS))
     assert suppressions.find(Channel.EMAIL, ["+14255551234"]) == {}

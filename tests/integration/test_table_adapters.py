@@ -277,6 +277,75 @@ def test_a_save_that_lost_its_race_leaves_nothing_a_reader_believes(ledger):
     assert ledger.awaiting_reports(sent_before=at(30), limit=10) == []
 
 
+class Killed(BaseException):
+    """The process dying: not an error any code path catches."""
+
+
+class DiesBeforeItsWindowWrite(TableLedger):
+    """A ledger whose process is killed right after a notification is written, before the
+    window entry that reconciliation counts is."""
+
+    def _write_behind(self, items):
+        raise Killed()
+
+
+def relay_with_no_destination(ledger) -> None:
+    from shared.domain.commands import RelayStatusEvents
+    from shared.service.retry import RetryPolicy
+    from shared.service.status_events import relay_status_events
+
+    relay_status_events(RelayStatusEvents(), ledger=ledger, destinations=[], policy=RetryPolicy(), clock=FakeClock())
+
+
+def counted(ledger) -> dict:
+    return {
+        (channel.value, status.value): count
+        for (channel, status, _), count in ledger.status_counts(start=at(-60), end=at(600)).items()
+    }
+
+
+def test_a_save_cut_short_before_its_window_write_is_counted_right_once_the_relay_has_run(tables):
+    service, prefix, _ = tables
+    ledger, dying = TableLedger(service, prefix=prefix), DiesBeforeItsWindowWrite(service, prefix=prefix)
+    # Given a sent email whose delivery report was saved by a process killed before its window write
+    notification = ledger.add(email(to=("ann@example.com",), cc=()))
+    ledger.save(sent(ledger.get(notification.id), at(1)))
+    delivered = dying.get(notification.id)
+    delivered.apply_report(report(f"{notification.id}-email"), at(2))
+    with pytest.raises(Killed):
+        dying.save(delivered)
+    # and one accepted by a process killed the same way, which the window does not know at all
+    unseen = email(to=("bob@example.com",), cc=(), created=at(3))
+    with pytest.raises(Killed):
+        dying.add(unseen)
+    assert ledger.get(notification.id).status is NotificationStatus.DELIVERED
+    assert counted(ledger) == {("email", "sent"): 1}
+
+    # When the status event relay runs (with nowhere to publish, as in a bare deployment)
+    relay_with_no_destination(ledger)
+
+    # Then reconciliation counts both notifications as they are
+    assert counted(ledger) == {("email", "delivered"): 1, ("email", "accepted"): 1}
+    assert ledger.pending_status_events(limit=10) == []
+
+
+def test_a_late_window_write_from_an_older_save_is_mended_by_the_relay(ledger, tables):
+    service, prefix, _ = tables
+    # Given a delivered email whose earlier "sent" save wrote its window entry last (the writes crossed)
+    notification = ledger.add(email(to=("ann@example.com",), cc=()))
+    ledger.save(sent(ledger.get(notification.id), at(1)))
+    stale = ledger._window_entry(ledger.get(notification.id))
+    delivered = ledger.get(notification.id)
+    delivered.apply_report(report(f"{notification.id}-email"), at(2))
+    ledger.save(delivered)
+    service.get_table_client(f"{prefix}window").upsert_entity(stale)
+    assert counted(ledger) == {("email", "sent"): 1}
+
+    relay_with_no_destination(ledger)
+
+    assert counted(ledger) == {("email", "delivered"): 1}
+
+
 def test_applying_an_email_report_costs_one_read_and_one_write_of_the_notification(ledger, tables):
     # Given an email sent with its operation id, which ACS reports as its message id
     _, prefix, requests_made = tables
