@@ -110,7 +110,8 @@ _UPDATE = (
 # but ``queued``: written into the stored document by SQLite's JSON functions, it costs about half
 # of a full save (serialising the notification again, every column, its index entries), which
 # intake paid once per notification. The values are pydantic's own JSON for them, so the document
-# reads back as ``Notification.mark_queued`` and a save would have left it.
+# reads back as ``Notification.mark_queued`` and a save would have left it. (JSON functions are
+# built into SQLite since 3.38, and were in the usual builds before; ``[#]`` needs 3.31.)
 _MARK_QUEUED = (
     "UPDATE notifications SET queued = 1, updated_at = ?, version = version + 1,"
     " doc = json_set(doc, '$.queued_at', json(?), '$.updated_at', json(?), '$.history[#]', json(?))"
