@@ -51,8 +51,9 @@ def accept_notification_request(
 
 # Event Grid puts each ACS event on the delivery-reports queue, and the host hands them over in
 # batches (host.json maxMessageBatchSize): one ledger read and one write per batch. Settled here:
-# a message that holds no event is dead-lettered with a reason, the rest completed once applied;
-# a failure raises before any settlement, so the batch is delivered again.
+# a message whose body is not JSON is dead-lettered with a reason, the rest completed once applied
+# (events refused as malformed or foreign are logged and counted); a failure raises before any
+# settlement, so the batch is delivered again.
 @app.function_name(name="apply_delivery_reports")
 @app.service_bus_queue_trigger(
     arg_name="messages",

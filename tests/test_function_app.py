@@ -363,12 +363,14 @@ def test_a_batch_of_delivery_reports_from_the_queue_is_applied_and_every_message
 
 def test_a_message_that_holds_no_event_is_dead_lettered_and_the_rest_of_its_batch_applied(faked_services):
     nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
-    messages = host_batch([b"not json", report_event(nid, "Delivered", "ev-1"), b'"a string, not an event"'])
+    too_deep = b"[" * 100_000 + b"]" * 100_000  # json.loads gives up with RecursionError
+    messages = host_batch([b"not json", report_event(nid, "Delivered", "ev-1"), b'"a string, not an event"', too_deep])
 
     actions = call_reports(messages)
 
     assert [(call[0], call[1]) for call in actions.calls] == [
-        ("deadletter", messages[0].lock_token), ("complete", messages[1].lock_token), ("deadletter", messages[2].lock_token),
+        ("deadletter", messages[0].lock_token), ("complete", messages[1].lock_token),
+        ("deadletter", messages[2].lock_token), ("deadletter", messages[3].lock_token),
     ]
     assert {call[2] for call in actions.calls if call[0] == "deadletter"} == {"UnreadableEvent"}
     assert faked_services.ledger.get(nid).status is NotificationStatus.DELIVERED

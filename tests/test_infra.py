@@ -565,6 +565,11 @@ def test_delivery_reports_reach_the_batch_trigger_through_its_queue_with_retries
     props = queue.nested("properties").properties()
     assert props["deadLetteringOnMessageExpiration"] == "true"
     assert iso_duration(resolve(queue_file, props["defaultMessageTimeToLive"])) >= timedelta(days=1)
+    # The host renews no lock for a function that receives batches: the lock must last as long as
+    # the invocation may.
+    hours, minutes, seconds = (int(part) for part in json.loads((ROOT / "host.json").read_text())["functionTimeout"].split(":"))
+    timeout = timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    assert iso_duration(resolve(queue_file, props["lockDuration"])) >= timeout
 
 
 def test_the_acs_topic_may_send_to_the_delivery_reports_queue_and_the_function_only_receive_from_it():

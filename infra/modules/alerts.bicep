@@ -249,7 +249,7 @@ resource requestDeadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
 }
 
 // Any event in the delivery-reports queue's dead-letter sub-queue: UnreadableEvent (a message
-// that is not an event; Event Grid is the only sender, so this is a misconfiguration),
+// whose body is not JSON; Event Grid is the only sender, so this is a misconfiguration),
 // MaxDeliveryCountExceeded (applying the batch kept failing: the ledger was unreachable) or
 // TTLExpiredException (the function was down for a week).
 resource reportDeadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {

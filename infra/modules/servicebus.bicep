@@ -119,17 +119,20 @@ var deliveryReportsQueueName = 'delivery-reports'
 // Event Grid puts every ACS event (delivery and engagement reports, inbound SMS) here, one event a
 // message, and the report function takes them a batch at a time: one ledger read and one write
 // per batch instead of per event. Applying a report twice changes nothing, so redelivery is safe
-// and there is no duplicate detection; a batch whose ledger write fails is delivered again as a
-// whole, ten times (Service Bus's default) before its messages go to the dead-letter queue with
+// and there is no duplicate detection. A batch that fails to apply (the ledger unreachable) is
+// released and delivered again at once, as a whole, with no backoff: a hundred deliveries ride out
+// a storage outage of a few minutes before its messages go to the dead-letter queue with
 // MaxDeliveryCountExceeded, to be resubmitted once the ledger is back.
 resource deliveryReportsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: deliveryReportsQueueName
   properties: {
-    // A batch is up to host.json's maxMessageBatchSize (1,000) reports, applied in seconds; the
-    // host renews the locks while it runs.
-    lockDuration: 'PT1M'
-    maxDeliveryCount: 10
+    // A batch is up to host.json's maxMessageBatchSize (1,000) reports, applied in seconds, then
+    // settled one message at a time. The host does not renew locks for a function that receives
+    // batches (maxAutoLockRenewalDuration applies to single messages only), so the lock alone must
+    // cover the whole invocation: Service Bus's longest, 5 minutes, as long as functionTimeout.
+    lockDuration: 'PT5M'
+    maxDeliveryCount: 100
     // A late report still wins over `unconfirmed`, so reports wait out an outage of the function
     // for a week; past that they expire into the dead-letter queue (and its alert).
     defaultMessageTimeToLive: 'P7D'

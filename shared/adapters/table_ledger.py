@@ -61,8 +61,9 @@ Tables (``<prefix><name>``, created on first use):
   mends it: when it settles a notification's events it upserts the window entry from the
   notification as it wrote it, before deleting the ``outbox`` entry (a crash between keeps the
   entry, and the next relay run mends again). Its own window write can cross a newer save's only
-  if that save changed the status, and then that save's events bring the relay back. ``status_counts`` reads only the hour partitions the
-  window touches, with a RowKey range, so its cost grows with the window and not with the table.
+  if that save changed the status, and then that save's events bring the relay back.
+  ``status_counts`` reads only the hour partitions the window touches, with a RowKey range, so its
+  cost grows with the window and not with the table.
 * Writes that share a partition (window entries of one hour, follow-up entries, a purge's
   deletions) go in entity-group transactions of up to 100. One partition serves about 2,000
   entities a second, far above what ACS's send quotas let this service produce.
@@ -668,7 +669,7 @@ class TableLedger:
 
     def mark_queued(self, notifications: list[Notification], at: datetime) -> list[Notification]:
         # No cheaper write here: the document is split over properties (compressed when large) and
-        # the mark also clears the notification's "unqueued" window entry, which a save manages.
+        # the mark also deletes the notification's "unqueued" follow-up entry, which a save manages.
         for n in notifications:
             n.mark_queued(at)
         return self.save_many(notifications)

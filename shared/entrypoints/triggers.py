@@ -116,8 +116,10 @@ class EventMessagesApplied:
     """A batch of messages from the delivery-reports queue, applied together."""
 
     applied: EventsApplied
-    #: Positions of the messages whose body is not a JSON event: delivering them again cannot
-    #: help, so they are dead-lettered (``UNREADABLE_EVENT``) and the others completed.
+    #: Positions of the messages whose body is not a JSON object or array: delivering them again
+    #: cannot help, so they are dead-lettered (``UNREADABLE_EVENT``) and the others completed. An
+    #: object that is no valid event, or one from a foreign topic, is refused by ``read_events``,
+    #: counted in ``applied.parsed`` and logged, and its message completed like the rest.
     unreadable: list[int]
 
 
@@ -147,7 +149,7 @@ def apply_event_messages(bodies: list[bytes | str], svc: bootstrap.Services | No
         for position, body in enumerate(bodies):
             try:
                 event = json.loads(body)
-            except ValueError:  # UnicodeDecodeError is one
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
                 event = None
             if isinstance(event, dict):
                 events.append(event)

@@ -58,8 +58,9 @@ class Ledger(Protocol):
         writes as the store allows: called once their queue messages are on the queue. Each must be
         as last read or written, with no other change of its own (a store may write only the
         mark). Returns those that lost a race (another writer saved first): nothing of theirs is
-        saved, and they are to be re-read and marked again. The others come back as stored, version
-        and all."""
+        saved, and they are to be re-read and marked again (the copies themselves may or may not
+        carry the mark: only the stored notification counts). The others come back as stored,
+        version and all."""
 
     def find_by_message_ids(self, message_ids: Iterable[str]) -> dict[str, Notification]:
         """Notifications that own the given ACS message ids, keyed by message id; the message ids
