@@ -43,6 +43,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -281,26 +282,21 @@ def run(
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    if ledger == "table":
-        from tests import azurite
-
-        with azurite.table_endpoint(data_dir) as connection_string:
-            return _run(notifications, data_dir=data_dir, seed=seed, workers=workers, report_deadline_s=report_deadline_s,
-                        kill_interval=kill_interval, latency_ms=latency_ms, latency_interval=latency_interval,
-                        min_chaos_s=min_chaos_s, chaos_timeout_s=chaos_timeout_s, settle_timeout_s=settle_timeout_s,
-                        senders=senders, progress=progress,
-                        backend={
-                            "LEDGER_BACKEND": "table", "TABLES_CONNECTION_STRING": connection_string,
-                            # The Table backends come with blob attachments; the soak sends none, so
-                            # nothing listens there and any use of the store would show as a failure.
-                            "ATTACHMENTS_CONTAINER_URL": "https://127.0.0.1:9/devstoreaccount1/attachments",
-                        })
-    if ledger != "sqlite":
+    if ledger not in ("sqlite", "table"):
         raise ValueError(f"ledger is sqlite or table, got {ledger!r}")
-    return _run(notifications, data_dir=data_dir, seed=seed, workers=workers, report_deadline_s=report_deadline_s,
-                kill_interval=kill_interval, latency_ms=latency_ms, latency_interval=latency_interval,
-                min_chaos_s=min_chaos_s, chaos_timeout_s=chaos_timeout_s, settle_timeout_s=settle_timeout_s,
-                senders=senders, progress=progress, backend={})
+    from tests import azurite
+
+    with azurite.table_endpoint(data_dir) if ledger == "table" else nullcontext() as connection_string:
+        backend = {} if connection_string is None else {
+            "LEDGER_BACKEND": "table", "TABLES_CONNECTION_STRING": connection_string,
+            # The Table backends come with blob attachments; the soak sends none, so nothing
+            # listens there and any use of the store would show as a failure.
+            "ATTACHMENTS_CONTAINER_URL": "https://127.0.0.1:9/devstoreaccount1/attachments",
+        }
+        return _run(notifications, data_dir=data_dir, seed=seed, workers=workers, report_deadline_s=report_deadline_s,
+                    kill_interval=kill_interval, latency_ms=latency_ms, latency_interval=latency_interval,
+                    min_chaos_s=min_chaos_s, chaos_timeout_s=chaos_timeout_s, settle_timeout_s=settle_timeout_s,
+                    senders=senders, progress=progress, backend=backend)
 
 
 def _run(
