@@ -346,6 +346,34 @@ def test_a_late_window_write_from_an_older_save_is_mended_by_the_relay(ledger, t
     assert counted(ledger) == {("email", "delivered"): 1}
 
 
+def test_a_save_that_lands_while_the_relay_mends_the_window_is_counted_once_the_relay_is_done(tables):
+    service, prefix, _ = tables
+    ledger = TableLedger(service, prefix=prefix)
+    notification = ledger.add(email(to=("ann@example.com",), cc=()))
+    ledger.save(sent(ledger.get(notification.id), at(1)))
+
+    class ReportLandsMidRelay(TableLedger):
+        """Another instance saves the delivery report after this relay wrote the notification and
+        before it writes the window entry and deletes the outbox entry."""
+
+        landed = False
+
+        def _settle_outbox(self, settled):
+            settled = [item for item in settled if item is not None]
+            if settled and not self.landed:
+                self.landed = True
+                delivered = ledger.get(notification.id)
+                delivered.apply_report(report(f"{notification.id}-email"), at(2))
+                ledger.save(delivered)
+            super()._settle_outbox(settled)
+
+    relay_with_no_destination(ReportLandsMidRelay(service, prefix=prefix))
+
+    assert ledger.get(notification.id).status is NotificationStatus.DELIVERED
+    assert counted(ledger) == {("email", "delivered"): 1}
+    assert ledger.pending_status_events(limit=10) == []
+
+
 def test_applying_an_email_report_costs_one_read_and_one_write_of_the_notification(ledger, tables):
     # Given an email sent with its operation id, which ACS reports as its message id
     _, prefix, requests_made = tables
