@@ -218,6 +218,16 @@ def host_message(body: bytes, *, message_id: str = "m-1", correlation_id: str | 
     return ServiceBusConverter.decode(Datum(data, "model_binding_data"), trigger_metadata=None, pytype=ServiceBusReceivedMessage)
 
 
+class UnreachableLedger(FakeLedger):
+    """A ledger whose store cannot be reached: what intake and report application call fails."""
+
+    def add(self, notification):
+        raise ConnectionError("the ledger cannot be reached")
+
+    def find_by_message_ids(self, message_ids):
+        raise ConnectionError("the ledger cannot be reached")
+
+
 class RecordingMessageActions:
     """Stands in for ServiceBusMessageActions, which talks to the host over gRPC."""
 
@@ -270,11 +280,7 @@ def test_the_same_message_delivered_twice_by_the_host_makes_one_notification(fak
 
 
 def test_a_request_whose_ledger_is_unreachable_raises_unsettled_so_the_host_delivers_it_again(faked_services):
-    class Unreachable(FakeLedger):
-        def add(self, notification):
-            raise ConnectionError("the ledger cannot be reached")
-
-    faked_services.ledger = Unreachable()
+    faked_services.ledger = UnreachableLedger()
     actions = RecordingMessageActions()
 
     with pytest.raises(ConnectionError):
@@ -390,11 +396,7 @@ def test_the_same_report_delivered_twice_by_the_queue_is_applied_once(faked_serv
 def test_a_report_batch_whose_ledger_is_unreachable_raises_unsettled_so_the_host_delivers_it_again(faked_services):
     nid = submit_and_dispatch(faked_services, {"channel": "email", "to": ["a@example.com"], "subject": "Hi", "text": "Hello"})
 
-    class Unreachable(FakeLedger):
-        def find_by_message_ids(self, message_ids):
-            raise ConnectionError("the ledger cannot be reached")
-
-    faked_services.ledger = Unreachable()
+    faked_services.ledger = UnreachableLedger()
     actions = RecordingMessageActions()
 
     with pytest.raises(ConnectionError):
