@@ -45,6 +45,7 @@ from ..domain.model import (
     e164,
     DeliveryReport,
     Notification,
+    new_notification_id,
     NotificationStatus,
     Recipient,
     RecipientStatus,
@@ -190,7 +191,7 @@ def prepare_notification(cmd: SubmitNotification, *, attachments: AttachmentStor
     """A new notification for a command, its attachments' bytes already stored, carrying the
     current trace context (so made in the request's own context, even when recorded later with
     others by ``record_notifications``)."""
-    notification_id = str(uuid.uuid4())
+    notification_id = new_notification_id()
     content = dict(cmd.content)
     if cmd.attachments:
         # The bytes are stored before the ledger entry that points at them: a crash in between
