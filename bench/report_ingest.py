@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,15 @@ STATUSES = {
 }
 
 
+def time_ordered_id(at: datetime, rng: random.Random) -> str:
+    """A UUIDv7 made at ``at`` from ``rng``, as ``new_notification_id`` makes one at the real
+    time: the same run gives the same ids."""
+    millis = int(at.timestamp() * 1000)
+    # 48 bits of milliseconds, version 7, 12 random bits, the RFC 4122 variant, 62 random bits.
+    value = (millis << 80) | (7 << 76) | (rng.getrandbits(12) << 64) | (2 << 62) | rng.getrandbits(62)
+    return str(uuid.UUID(int=value))
+
+
 def populate(ledger, count: int, clock: FakeClock, rng: random.Random) -> list[Notification]:
     """``count`` sent email notifications: accept + queue -> ``add``, then attempt + ``record_all_sent``
     -> ``save_many`` in chunks, as the dispatcher would have left them."""
@@ -77,7 +86,7 @@ def populate(ledger, count: int, clock: FakeClock, rng: random.Random) -> list[N
             content={"subject": "Your order has shipped", "text": f"Order {i} is on its way."},
             metadata={"app": "bench", "order": str(i)},
             at=at,
-            notification_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            notification_id=time_ordered_id(at, rng),
         )
         n.mark_queued(at)
         notifications.append(ledger.add(n))

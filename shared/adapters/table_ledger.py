@@ -115,6 +115,9 @@ R = TypeVar("R")
 
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,47}")
 _BATCH = 100  # operations per entity-group transaction
+# A transaction's request may carry 4 MiB; documents are written whole, so transactions are cut
+# well below that.
+_BATCH_BYTES = 3 * 1024 * 1024
 #: Requests one adapter keeps in flight when it reads or writes many partitions at once (the
 #: ``TABLE_CONCURRENCY`` setting); the client's connection pool must hold as many connections.
 DEFAULT_CONCURRENCY = 8
@@ -219,6 +222,32 @@ class TableStore:
                 return None
             raise
 
+    def replace_many_if(self, name: str, items: list[tuple[dict[str, Any], str]]) -> list[str | None]:
+        """``replace_if`` for each ``(entity, etag)``, answers in the same order; one transaction per
+        partition and hundred entities (or ``_BATCH_BYTES``). A transaction fails as a whole when
+        one entity changed, so its entities are then written one at a time: the others still land."""
+
+        def write(chunk: list[int]) -> list[tuple[int, str | None]]:
+            if len(chunk) > 1:
+                operations = [
+                    ("update", items[i][0],
+                     {"mode": UpdateMode.REPLACE, "etag": items[i][1], "match_condition": MatchConditions.IfNotModified})
+                    for i in chunk
+                ]
+                try:
+                    answers = self.table(name).submit_transaction(operations)
+                    return [(i, answer["etag"]) for i, answer in zip(chunk, answers)]
+                except HttpResponseError as error:
+                    if _status(error) not in (404, 412):
+                        raise
+            return [(i, self.replace_if(name, *items[i])) for i in chunk]
+
+        etags: list[str | None] = [None] * len(items)
+        for answers in self.map(write, list(_transactions([entity for entity, _ in items]))):
+            for i, etag in answers:
+                etags[i] = etag
+        return etags
+
     def delete(self, name: str, pk: str, rk: str, etag: str | None = None) -> bool:
         """Delete (only if it still has ``etag``, when given); False when it changed. A missing
         entity counts as deleted (the SDK does not report it)."""
@@ -317,6 +346,40 @@ class TableStore:
             self._pool = None
 
 
+def _transactions(entities: list[dict[str, Any]]) -> Iterator[list[int]]:
+    """Positions of ``entities`` grouped into transactions: one partition each, at most ``_BATCH``
+    entities and about ``_BATCH_BYTES`` of request, and no entity twice (Table Storage refuses a
+    transaction that names an entity twice)."""
+    by_partition: dict[str, list[int]] = {}
+    for i, entity in enumerate(entities):
+        by_partition.setdefault(entity["PartitionKey"], []).append(i)
+    for positions in by_partition.values():
+        chunk: list[int] = []
+        keys: set[str] = set()
+        size = 0
+        for i in positions:
+            entity_size = _request_size(entities[i])
+            if chunk and (len(chunk) == _BATCH or size + entity_size > _BATCH_BYTES or entities[i]["RowKey"] in keys):
+                yield chunk
+                chunk, keys, size = [], set(), 0
+            chunk.append(i)
+            keys.add(entities[i]["RowKey"])
+            size += entity_size
+        if chunk:
+            yield chunk
+
+
+def _request_size(entity: dict[str, Any]) -> int:
+    """An upper bound on the bytes an entity takes in a request: JSON escapes every character
+    outside ASCII as ``\\uXXXX`` (twice for one outside the BMP)."""
+    size = 0
+    for value in entity.values():
+        if isinstance(value, str):
+            size += len(value) if value.isascii() else 12 * len(value)
+        size += 64
+    return size
+
+
 def _batches(entities: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     by_partition: dict[str, list[dict[str, Any]]] = {}
     for entity in entities:
@@ -379,6 +442,50 @@ def _since(value: datetime) -> str:
     """The RowKey upper bound for entries at or after ``value`` (``}`` sorts after the ``|``
     that follows the time in every key)."""
     return _newest_first(value) + "}"
+
+
+# Notifications read together within this much of each other's making (in one partition) are
+# read with one range scan rather than a point read each; see the module docstring.
+_RANGE_GAP_MS = 1000
+_PAGE = 1000  # entities a query returns a page
+
+
+def _id_millis(notification_id: str) -> int | None:
+    """The Unix millisecond a notification id was made in, when it is a UUIDv7 in canonical
+    (lower-case) form, so that its order as a RowKey is its time order; else None."""
+    if len(notification_id) != 36 or notification_id[14] != "7":
+        return None
+    try:
+        parsed = uuid.UUID(notification_id)
+    except ValueError:
+        return None
+    if parsed.version != 7 or str(parsed) != notification_id:
+        return None
+    return parsed.int >> 80
+
+
+def _address(notification_id: str) -> tuple[str, str]:
+    """PartitionKey and RowKey of a notification: for a UUIDv7 id, the hour it was made in and its
+    last hex digit (one of 16 shards), and the id; for any other id, the id and an empty RowKey
+    (the layout before ids were time-ordered, still read and written for what it holds)."""
+    millis = _id_millis(notification_id)
+    if millis is None:
+        return encode_key(notification_id), ""
+    made = datetime.fromtimestamp(millis / 1000, timezone.utc)
+    return f"{_hour(made)}-{notification_id[-1]}", notification_id
+
+
+def _address_of_encoded(encoded_id: str) -> tuple[str, str]:
+    """``_address`` from an id as index entries carry it (``encode_key(id)``, which leaves a UUID
+    as it is)."""
+    if _id_millis(encoded_id) is not None:
+        return _address(encoded_id)
+    return encoded_id, ""
+
+
+def _encoded_id(entity: dict[str, Any]) -> str:
+    """``encode_key(id)`` of a notification entity, from its keys."""
+    return entity["RowKey"] or entity["PartitionKey"]
 
 
 def _key_hash(idempotency_key: str) -> str:
@@ -520,9 +627,10 @@ class TableLedger:
     @staticmethod
     def _entity(n: Notification, version: int) -> dict[str, Any]:
         indexed = _Indexed.of(n)
+        pk, rk = _address(n.id)
         entity = {
-            "PartitionKey": encode_key(n.id),
-            "RowKey": "",
+            "PartitionKey": pk,
+            "RowKey": rk,
             "version": version,
             "channel": n.channel.value,
             "status": n.status.value,
@@ -560,7 +668,7 @@ class TableLedger:
         """The window entry for a notification entity as written, from its columns alone."""
         return {
             "PartitionKey": _hour(from_text(entity["created_at"])),
-            "RowKey": f"{entity['created_at']}|{entity['PartitionKey']}",
+            "RowKey": f"{entity['created_at']}|{_encoded_id(entity)}",
             "channel": entity["channel"],
             "status": entity["status"],
             "reached_acs": entity["reached_acs"],
@@ -654,12 +762,57 @@ class TableLedger:
         return current is not None and current["notification_id"] == n.id
 
     def get(self, notification_id: str) -> Notification | None:
-        entity = self._store.get(NOTIFICATIONS, encode_key(notification_id), "")
-        if entity is None:
-            return None
+        entity = self._store.get(NOTIFICATIONS, *_address(notification_id))
+        return self._loaded(entity) if entity is not None else None
+
+    def _loaded(self, entity: TableEntity) -> Notification:
         notification = self._load(entity)
         self._seen.remember(notification.id, _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity)))
         return notification
+
+    def _get_many(self, notification_ids: Iterable[str]) -> dict[str, Notification]:
+        entities = self._read_many([_address(nid) for nid in notification_ids])
+        return {n.id: n for n in (self._loaded(e) for e in entities.values())}
+
+    def _read_many(
+        self, addresses: Iterable[tuple[str, str]], select: list[str] | None = None
+    ) -> dict[tuple[str, str], TableEntity]:
+        """The notification entities at these addresses that exist, by address. Ids made within
+        ``_RANGE_GAP_MS`` of each other in one partition are read with one range scan (the
+        entities between them come along and are dropped); the rest with a point read each."""
+        by_partition: dict[str, list[str]] = {}
+        for pk, rk in set(addresses):
+            by_partition.setdefault(pk, []).append(rk)
+        reads: list[tuple[str, list[str]]] = []
+        for pk, row_keys in by_partition.items():
+            if "" in row_keys:  # an id of the older layout: its partition is its own
+                reads.append((pk, [""]))
+                row_keys.remove("")
+                if not row_keys:
+                    continue
+            row_keys.sort()
+            run = [row_keys[0]]
+            for rk in row_keys[1:]:
+                if len(run) == _PAGE or _id_millis(rk) - _id_millis(run[-1]) > _RANGE_GAP_MS:
+                    reads.append((pk, run))
+                    run = []
+                run.append(rk)
+            reads.append((pk, run))
+        columns = [*select, "RowKey"] if select else None
+
+        def read(job: tuple[str, list[str]]) -> list[tuple[tuple[str, str], TableEntity]]:
+            pk, row_keys = job
+            if len(row_keys) == 1:
+                entity = self._store.get(NOTIFICATIONS, pk, row_keys[0], select=select)
+                return [((pk, row_keys[0]), entity)] if entity is not None else []
+            wanted = set(row_keys)
+            rows = self._store.query(
+                NOTIFICATIONS, "PartitionKey eq @pk and RowKey ge @first and RowKey le @last",
+                {"pk": pk, "first": row_keys[0], "last": row_keys[-1]}, select=columns, page_size=_PAGE,
+            )
+            return [((pk, e["RowKey"]), e) for e in rows if e["RowKey"] in wanted]
+
+        return {address: entity for found in self._store.map(read, reads) for address, entity in found}
 
     # ------------------------------------------------------------------ optimistic writes
 
@@ -677,29 +830,30 @@ class TableLedger:
     def save_many(self, notifications: list[Notification]) -> list[Notification]:
         if not notifications:
             return []
-        def current(n: Notification) -> _Seen | None:
-            seen = self._seen.at_version(n.id, n.version)
+        remembered = [self._seen.at_version(n.id, n.version) for n in notifications]
+        read = self._read_many(
+            [_address(n.id) for n, seen in zip(notifications, remembered) if seen is None], select=_INDEX_COLUMNS
+        )
+
+        def current(n: Notification, seen: _Seen | None) -> _Seen | None:
             if seen is not None:
                 return seen
-            entity = self._store.get(NOTIFICATIONS, encode_key(n.id), "", select=_INDEX_COLUMNS)
+            entity = read.get(_address(n.id))
             if entity is None:
                 return None
             return _Seen(entity["version"], entity.metadata["etag"], _Indexed.recorded(entity))
 
         lost: list[Notification] = []
         candidates: list[tuple[Notification, _Seen]] = []
-        for n, seen in zip(notifications, self._store.map(current, notifications)):
+        for n, seen in zip(notifications, map(current, notifications, remembered)):
             if seen is None or seen.version != n.version:
                 lost.append(n)
             else:
                 candidates.append((n, seen))
         self._write_ahead([(n, seen.indexed) for n, seen in candidates])
-
-        def write(candidate: tuple[Notification, _Seen]) -> str | None:
-            n, seen = candidate
-            return self._store.replace_if(NOTIFICATIONS, self._entity(n, n.version + 1), seen.etag)
-
-        written = self._store.map(write, candidates)
+        written = self._store.replace_many_if(
+            NOTIFICATIONS, [(self._entity(n, n.version + 1), seen.etag) for n, seen in candidates]
+        )
         saved = []
         for (n, seen), etag in zip(candidates, written):
             if etag is not None:
@@ -721,12 +875,8 @@ class TableLedger:
         # An email's message id is its operation id, which is the notification id: one point
         # read finds the owner, where the index costs a second round trip. SMS ids (and anything
         # not owned that way) go through the index.
-        direct = [mid for mid in wanted if _is_uuid(mid)]
-        found = {
-            mid: n
-            for mid, n in zip(direct, self._store.map(self.get, direct))
-            if n is not None and mid in n.message_ids
-        }
+        loaded = self._get_many(mid for mid in wanted if _is_uuid(mid))
+        found = {mid: n for mid, n in loaded.items() if mid in n.message_ids}
         wanted = [mid for mid in wanted if mid not in found]
         return found | self._find_through_index(wanted)
 
@@ -735,8 +885,7 @@ class TableLedger:
             lambda mid: self._store.get(MESSAGE_IDS, encode_key(mid), "", select=["notification_id"]), wanted
         )
         owner_of = {mid: e["notification_id"] for mid, e in zip(wanted, owners) if e is not None}
-        ids = sorted(set(owner_of.values()))
-        loaded = {nid: n for nid, n in zip(ids, self._store.map(self.get, ids)) if n is not None}
+        loaded = self._get_many(set(owner_of.values()))
         # A mapping written ahead of a save that then lost its race names a notification that
         # does not have the message id: not an owner.
         return {
@@ -891,8 +1040,9 @@ class TableLedger:
             page = [e for _, e in zip(range(limit - len(found)), entries)]
             if not page:
                 break
-            loaded = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), page)
-            for entry, entity in zip(page, loaded):
+            read = self._read_many(_address(e["id"]) for e in page)
+            for entry in page:
+                entity = read.get(_address(entry["id"]))
                 n = self._load(entity) if entity is not None else None
                 keep, dead_entry = judge(entry, entity, n)
                 if keep:
@@ -991,10 +1141,11 @@ class TableLedger:
              if e["id"] not in skipped),
             limit,
         ))
-        entities = self._store.map(lambda e: self._store.get(NOTIFICATIONS, encode_key(e["id"]), ""), entries)
+        read = self._read_many(_address(e["id"]) for e in entries)
         groups: list[list[StatusEvent]] = []
         settled: list[tuple[TableEntity, TableEntity | None]] = []
-        for entry, entity in zip(entries, entities):
+        for entry in entries:
+            entity = read.get(_address(entry["id"]))
             events = self._load(entity).pending_status_events if entity is not None else []
             if events:
                 groups.append(sorted(events, key=lambda e: e.sequence))
@@ -1040,14 +1191,14 @@ class TableLedger:
     def _remove_published(self, notification_id: str, event_ids: set[str]) -> tuple[TableEntity, dict] | None:
         """Remove published events from the notification: the outbox entry and the notification as
         written when none is left, else None."""
-        pk = encode_key(notification_id)
+        address = _address(notification_id)
         for _ in range(_ADD_TRIES):
-            head = self._store.get(NOTIFICATIONS, pk, "", select=["created_at"])
+            head = self._store.get(NOTIFICATIONS, *address, select=["created_at"])
             if head is None:
                 return None
             # The entry before the notification: the order the module docstring relies on.
-            entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{pk}")
-            entity = self._store.get(NOTIFICATIONS, pk, "")
+            entry = self._store.get(FOLLOWUPS, OUTBOX, f"{head['created_at']}|{encode_key(notification_id)}")
+            entity = self._store.get(NOTIFICATIONS, *address)
             if entity is None:
                 return None
             n = self._load(entity)
@@ -1077,8 +1228,8 @@ class TableLedger:
             )
             oldest = [e for _, e in zip(range(limit), window)]
             ids = [e["RowKey"].split("|", 1)[1] for e in oldest]
-            entities = self._store.map(lambda pk: self._store.get(NOTIFICATIONS, pk, "", select=_INDEX_COLUMNS), ids)
-            existing = [(pk, e) for pk, e in zip(ids, entities) if e is not None]
+            read = self._read_many((_address_of_encoded(i) for i in ids), select=_INDEX_COLUMNS)
+            existing = [(i, read[_address_of_encoded(i)]) for i in ids if _address_of_encoded(i) in read]
             keyed = [(pk, e) for pk, e in existing if e.get("idempotency_hash")]
             self._store.map(lambda item: self._release_key(*item), keyed)
             self._delete([(pk, _Indexed.recorded(e)) for pk, e in existing])
@@ -1100,7 +1251,7 @@ class TableLedger:
         self._store.delete_many(
             FOLLOWUPS, [item for pk, indexed in notifications for item in indexed.followups(pk).items()]
         )
-        self._store.map(lambda pk: self._store.delete(NOTIFICATIONS, pk, ""), [pk for pk, _ in notifications])
+        self._store.delete_many(NOTIFICATIONS, [_address_of_encoded(encoded) for encoded, _ in notifications])
 
     def close(self) -> None:
         self._store.close()

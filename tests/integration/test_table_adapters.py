@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from shared.adapters.table_ledger import TableLedger, encode_key, to_text
+from shared.adapters.table_ledger import TableLedger, _address, encode_key, to_text
 from shared.adapters.table_rate_limiter import TableRateLimiter
 from shared.adapters.table_suppressions import TableSuppressionList
 from shared.domain.commands import ApplyDeliveryReports
@@ -62,7 +62,7 @@ def utf16_units(text: str) -> int:
 
 def stored_notification(tables, notification_id: str):
     service, prefix, _ = tables
-    return service.get_table_client(f"{prefix}notifications").get_entity(encode_key(notification_id), "")
+    return service.get_table_client(f"{prefix}notifications").get_entity(*_address(notification_id))
 
 
 # ---------------------------------------------------------------------------- documents
