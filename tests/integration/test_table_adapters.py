@@ -20,7 +20,15 @@ from urllib.parse import unquote
 
 import pytest
 
-from shared.adapters.table_ledger import TableLedger, _address, encode_key, to_text
+from shared.adapters.table_ledger import (
+    TableLedger,
+    TransactionRefused,
+    _address,
+    _transactions,
+    encode_key,
+    submit_transaction,
+    to_text,
+)
 from shared.adapters.table_rate_limiter import TableRateLimiter
 from shared.adapters.table_suppressions import TableSuppressionList
 from shared.domain.commands import ApplyDeliveryReports
@@ -417,6 +425,173 @@ def test_a_save_from_a_copy_another_instance_has_since_changed_is_a_lost_race(ta
         second.close()
 
 
+# ---------------------------------------------------------------------------- shared partitions
+
+
+def notification_requests(requests_made: list[tuple[str, str]], prefix: str) -> list[str]:
+    """The methods of the requests that read or wrote notifications: single ones, and transactions
+    (``$batch``, which this adapter sends for nothing else in these tests)."""
+    table = f"/{prefix}notifications"
+    return [m for m, url in requests_made if table in url or url.endswith("/$batch")]
+
+
+def test_a_batch_of_notifications_made_in_one_hour_is_read_and_saved_a_shard_at_a_time(ledger, tables):
+    # Given fifty emails made within the same hour, sent, and their reports
+    _, prefix, requests_made = tables
+    notifications = [ledger.add(email(to=("ann@example.com",), cc=())) for _ in range(50)]
+    for n in notifications:
+        n.record_all_sent(at(1), n.id)
+    assert ledger.save_many(notifications) == []
+    partitions = {_address(n.id)[0] for n in notifications}
+    requests_made.clear()
+
+    # When the reports are applied as the report handler applies a batch
+    found = ledger.find_by_message_ids(n.id for n in notifications)
+    for n in found.values():
+        n.apply_report(report(n.id), at(2))
+    transactions_before = len(requests_made)
+    assert ledger.save_many(list(found.values())) == []
+
+    # Then every notification was read and written, with a request or two a shard rather than
+    # one a notification
+    assert set(found) == {n.id for n in notifications}
+    assert len(partitions) <= 16
+    reads = notification_requests(requests_made[:transactions_before], prefix)
+    writes = [m for m, url in requests_made[transactions_before:] if f"/{prefix}notifications" in url or "$batch" in url]
+    assert len(reads) <= len(partitions) and len(writes) <= 4 * len(partitions), (len(reads), len(writes))
+    assert len(writes) < len(notifications)
+    assert {ledger.get(n.id).recipients[0].status.value for n in notifications} == {"delivered"}
+
+
+def test_a_batch_read_returns_only_the_notifications_asked_for(ledger):
+    # Given a hundred emails made one after another, so that they sit side by side in their 16 shards,
+    # each sent with its own id as its message id (the ACS operation id)
+    notifications = [ledger.add(email(cc=())) for _ in range(100)]
+    for n in notifications:
+        n.record_all_sent(at(1), n.id)
+    assert ledger.save_many(notifications) == []
+
+    # When every third is looked up by its message id
+    wanted = {n.id for n in notifications[::3]}
+    found = ledger.find_by_message_ids(wanted)
+
+    # Then exactly those are found, each under its own message id
+    assert {mid: n.id for mid, n in found.items()} == {nid: nid for nid in wanted}
+
+
+def test_a_save_in_a_transaction_that_another_writer_got_to_first_loses_only_that_notification(tables):
+    # Given thirty emails two instances have read, and a rival that has since saved three of them
+    service, prefix, _ = tables
+    handler, rival = TableLedger(service, prefix=prefix), TableLedger(service, prefix=prefix)
+    try:
+        notifications = [handler.get(handler.add(email(to=("ann@example.com",), cc=())).id) for _ in range(30)]
+        victims = {n.id for n in notifications[::10]}
+        for nid in victims:
+            rival.save(sent(rival.get(nid), at(1), prefix="rival"))
+
+        # When the handler saves all thirty in one batch
+        for n in notifications:
+            sent(n, at(2), prefix="handler")
+        lost = handler.save_many(notifications)
+
+        # Then it lost exactly the three the rival changed, which keep the rival's change, and
+        # every other one carries the handler's
+        assert {n.id for n in lost} == victims
+        for n in notifications:
+            stored = rival.get(n.id)
+            expected = "rival" if n.id in victims else "handler"
+            assert stored.message_ids == {f"{expected}-email"}, n.id
+    finally:
+        handler.close()
+        rival.close()
+
+
+def test_notifications_too_big_to_share_one_transaction_request_are_saved_in_several(ledger):
+    # Given twelve emails whose documents are about 400 KB each: 4.8 MB in all, over a transaction's
+    # 4 MiB
+    notifications = []
+    for _ in range(12):
+        n = email()
+        n.content["text"] = "x" * 400_000
+        notifications.append(ledger.add(n))
+
+    # When they are saved in one batch
+    for n in notifications:
+        sent(n, at(1))
+    assert ledger.save_many(notifications) == []
+
+    # Then every one was written whole
+    for n in notifications:
+        stored = ledger.get(n.id)
+        assert len(stored.content["text"]) == 400_000 and stored.message_ids == {f"{n.id}-email"}
+
+
+def test_transactions_hold_one_partition_at_most_a_hundred_entities_and_each_entity_once():
+    big = "y" * (1024 * 1024)
+    entities = (
+        [{"PartitionKey": "a", "RowKey": f"{i:03d}"} for i in range(250)]
+        + [{"PartitionKey": "b", "RowKey": "1"}, {"PartitionKey": "b", "RowKey": "1"}]
+        + [{"PartitionKey": "c", "RowKey": str(i), "doc0": big} for i in range(5)]
+    )
+
+    chunks = list(_transactions(entities))
+
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(entities)))
+    for chunk in chunks:
+        assert len({entities[i]["PartitionKey"] for i in chunk}) == 1
+        assert len({entities[i]["RowKey"] for i in chunk}) == len(chunk)
+        assert len(chunk) <= 100
+        assert sum(len(entities[i].get("doc0", "")) for i in chunk) <= 3 * 1024 * 1024
+    assert sorted(len(c) for c in chunks if entities[c[0]]["PartitionKey"] == "a") == [50, 100, 100]
+
+
+def test_an_id_made_before_ids_were_time_ordered_is_still_stored_found_saved_and_purged(ledger, tables):
+    # Given a notification whose id is a random UUID, as every id was before they were time-ordered
+    service, prefix, _ = tables
+    old_id = str(uuid.uuid4())
+    n = email(created=at(-600), cc=())
+    n.id = old_id
+    ledger.add(n)
+    assert _address(old_id) == (old_id, "")
+
+    # When its report comes in and is applied
+    n = sent(ledger.get(old_id), at(-599), prefix=old_id)
+    ledger.save(n)
+    found = ledger.find_by_message_ids([f"{old_id}-email"])
+    found[f"{old_id}-email"].apply_report(report(f"{old_id}-email"), at(-598))
+    assert ledger.save_many(list(found.values())) == []
+
+    # Then it is stored in a partition of its own, reads back delivered, and a purge removes it
+    stored = service.get_table_client(f"{prefix}notifications").get_entity(old_id, "")
+    assert stored["status"] == "delivered"
+    assert ledger.get(old_id).recipients[0].status.value == "delivered"
+    assert ledger.purge(accepted_before=at(0), limit=10) == 1
+    assert ledger.get(old_id) is None
+
+
+def test_a_transaction_keeps_awkward_keys_whole_and_names_the_operation_it_was_refused_on(tables):
+    service, prefix, _ = tables
+    client = service.create_table_if_not_exists(f"{prefix}awkward")
+    keys = ["2026-11-01T12:00:00.000000Z|a%2Fb", "ann@example.com", "it's", "a|b:c"]
+
+    submit_transaction(client, [("upsert", {"PartitionKey": "p:1", "RowKey": k, "n": i}, None) for i, k in enumerate(keys)])
+    assert sorted((e["RowKey"], e["n"]) for e in client.list_entities()) == sorted((k, i) for i, k in enumerate(keys))
+
+    with pytest.raises(TransactionRefused) as refused:
+        submit_transaction(client, [("create", {"PartitionKey": "p:1", "RowKey": "new"}, None),
+                                    ("create", {"PartitionKey": "p:1", "RowKey": keys[2]}, None)])
+    assert (refused.value.status_code, refused.value.index) == (409, 1)
+    assert "new" not in {e["RowKey"] for e in client.list_entities()}, "a refused transaction wrote nothing"
+
+    stale = client.get_entity("p:1", keys[0]).metadata["etag"]
+    client.upsert_entity({"PartitionKey": "p:1", "RowKey": keys[0], "n": 9})
+    with pytest.raises(TransactionRefused) as refused:
+        submit_transaction(client, [("delete", {"PartitionKey": "p:1", "RowKey": keys[1]}, None),
+                                    ("update", {"PartitionKey": "p:1", "RowKey": keys[0], "n": 10}, stale)])
+    assert (refused.value.status_code, refused.value.index) == (412, 1)
+    assert client.get_entity("p:1", keys[0])["n"] == 9
+
+
 # ---------------------------------------------------------------------------- concurrent batches
 
 
@@ -441,7 +616,10 @@ def test_a_batch_whose_writes_partly_lose_their_etag_race_applies_every_report_e
 
     def race_before_the_first_write(pipeline_request) -> None:
         http = pipeline_request.http_request
-        if http.method != "PUT" or f"/{racing.get('prefix')}notifications(" not in unquote(http.url):
+        notifications = f"/{racing.get('prefix')}notifications("
+        single = http.method == "PUT" and notifications in unquote(http.url)
+        transaction = http.url.endswith("/$batch") and notifications.encode() in (http.body or b"")
+        if not (single or transaction):
             return
         with lock:  # every write waits here until the rival is done
             for n in racing.pop("victims", []):
