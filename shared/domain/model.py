@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-import uuid6
+import uuid_utils
 from pydantic import BaseModel, Field, PrivateAttr
 
 from .errors import SendError
@@ -31,8 +31,10 @@ from .masking import mask_recipient, mask_text
 def new_notification_id() -> str:
     """A new notification id: a UUIDv7, so ids sort by the millisecond they were made in. Stores
     use that order: the Table Storage ledger keeps notifications made in the same hour together,
-    where a delivery-report batch reads and writes them a partition at a time."""
-    return str(uuid6.uuid7())
+    where a delivery-report batch reads and writes them a partition at a time. ``uuid_utils``
+    keeps ids made in one millisecond in order with a counter; a generator that moves the
+    millisecond on instead (``uuid6``) runs ahead of the clock under load: 20 s after 20,000 ids."""
+    return str(uuid_utils.uuid7())
 
 
 class Channel(StrEnum):

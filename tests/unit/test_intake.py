@@ -1,3 +1,6 @@
+import time
+import uuid
+
 import pytest
 
 from shared.domain.errors import IdempotencyConflict
@@ -50,3 +53,18 @@ def test_a_retry_after_a_failed_enqueue_queues_the_notification_that_was_recorde
     assert not created and again.id == recorded.id
     assert [m.body["notificationId"] for m in world.publisher.sent] == [recorded.id]
     assert world.ledger.get(recorded.id).queued_at is not None
+
+
+def test_notification_ids_say_when_they_were_made_even_when_made_thousands_a_second():
+    # The Table Storage ledger partitions notifications by the hour in their id, and reads a
+    # batch's notifications by ranges of ids: ids must sort as they were made, and keep to the
+    # clock however many are made in one millisecond.
+    world = World()
+    before = time.time()
+    ids = [world.submit(email_command("a@example.com"))[0].id for _ in range(3000)]
+    after = time.time()
+
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    made = [uuid.UUID(i).int >> 80 for i in ids]
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert int(before * 1000) <= made[0] and made[-1] <= int(after * 1000) + 1
