@@ -26,11 +26,11 @@ Tables (``<prefix><name>``, created on first use):
   hour share 16 partitions (``2026112215-a``: the hour, then the id's last hex digit), where
   their ids, as RowKeys, sort by time. A batch of delivery reports is mostly for notifications
   sent around the same time, so ``find_by_message_ids`` reads the ids of one partition made
-  within ``_RANGE_GAP_MS`` of each other with one RowKey range scan (the entities in between come
-  along and are dropped) and any other with a point read, and ``save_many`` writes a partition's
+  within ``_RANGE_GAP_MS`` of each other (and ``_RANGE_SPAN_MS`` of the first) with one RowKey
+  range scan (the entities in between come along and are dropped) and any other with a point read, and ``save_many`` writes a partition's
   notifications in transactions of up to 100 (``_BATCH_BYTES`` of request). Each write in a
-  transaction is conditional on its ETag, and one that fails fails the transaction, so its
-  notifications are then written one at a time: only the one another writer changed is lost.
+  transaction is conditional on its ETag, and one that fails fails the transaction; the service
+  names it, and the rest go again without it: only the one another writer changed is lost.
   A 1,000-report batch (``bench/report_ingest.py --backend table``) now makes 17 reads and 38
   transactions in all, index and window entries included, where a partition a notification
   made it 2,022 requests. The 16 partitions of the current hour take every write to new
@@ -177,9 +177,10 @@ def _status(error: HttpResponseError) -> int | None:
 
 class TransactionRefused(HttpResponseError):
     """Table Storage refused an entity-group transaction as a whole: ``status_code`` and ``index``
-    are those of the operation it failed on (409 exists, 412 changed, 404 gone, ...)."""
+    are those of the operation it failed on (409 exists, 412 changed, 404 gone, ...); ``index`` is
+    None when the answer does not say."""
 
-    def __init__(self, status: int, index: int, message: str, response: Any) -> None:
+    def __init__(self, status: int, index: int | None, message: str, response: Any) -> None:
         super().__init__(message=message, response=response)
         self.status_code = status
         self.index = index
@@ -264,7 +265,7 @@ def submit_transaction(client: TableClient, operations: list[tuple[str, dict[str
         code = int(status.group(1))
         if not 200 <= code < 300:
             index = _ERROR_INDEX.search(section)
-            raise TransactionRefused(code, int(index.group(1)) if index else 0, section.strip(), response)
+            raise TransactionRefused(code, int(index.group(1)) if index else None, section.strip(), response)
         etag = _PART_ETAG.search(section)
         results.append(etag.group(1) if etag else None)
     if len(results) != len(operations):
@@ -343,17 +344,22 @@ class TableStore:
     def replace_many_if(self, name: str, items: list[tuple[dict[str, Any], str]]) -> list[str | None]:
         """``replace_if`` for each ``(entity, etag)``, answers in the same order; one transaction per
         partition and hundred entities (or ``_BATCH_BYTES``). A transaction fails as a whole when
-        one entity changed, so its entities are then written one at a time: the others still land."""
+        one entity changed; the service names that one, which is lost, and the others go again in
+        a transaction without it, so they still land."""
 
         def write(chunk: list[int]) -> list[tuple[int, str | None]]:
-            if len(chunk) > 1:
+            answers: list[tuple[int, str | None]] = []
+            while len(chunk) > 1:
                 try:
-                    answers = submit_transaction(self.table(name), [("update", *items[i]) for i in chunk])
-                    return list(zip(chunk, answers))
-                except HttpResponseError as error:
-                    if _status(error) not in (404, 412):
+                    written = submit_transaction(self.table(name), [("update", *items[i]) for i in chunk])
+                    return answers + list(zip(chunk, written))
+                except TransactionRefused as refused:
+                    if refused.status_code not in (404, 412) or refused.index is None or refused.index >= len(chunk):
                         raise
-            return [(i, self.replace_if(name, *items[i])) for i in chunk]
+                    # That one changed (or went): it is lost, and the rest go again without it.
+                    answers.append((chunk[refused.index], None))
+                    chunk = chunk[: refused.index] + chunk[refused.index + 1 :]
+            return answers + [(i, self.replace_if(name, *items[i])) for i in chunk]
 
         etags: list[str | None] = [None] * len(items)
         for answers in self.map(write, list(_transactions([entity for entity, _ in items]))):
@@ -483,14 +489,10 @@ def _transactions(entities: list[dict[str, Any]]) -> Iterator[list[int]]:
 
 
 def _request_size(entity: dict[str, Any]) -> int:
-    """An upper bound on the bytes an entity takes in a request: JSON escapes every character
-    outside ASCII as ``\\uXXXX`` (twice for one outside the BMP)."""
-    size = 0
-    for value in entity.values():
-        if isinstance(value, str):
-            size += len(value) if value.isascii() else 12 * len(value)
-        size += 64
-    return size
+    """About the bytes an entity takes in a request: its strings exactly as JSON writes them
+    (escapes included: a document is JSON already, so its quotes are escaped twice), and a little
+    for each property's name, type and the rest."""
+    return sum(len(json.dumps(value)) + 64 if isinstance(value, str) else 64 for value in entity.values())
 
 
 def _batches(entities: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -560,6 +562,9 @@ def _since(value: datetime) -> str:
 # Notifications read together within this much of each other's making (in one partition) are
 # read with one range scan rather than a point read each; see the module docstring.
 _RANGE_GAP_MS = 1000
+# ... and no range spans more than this, so that a scan never reads more than a few seconds of a
+# partition's notifications, however many wanted ids chain together a second apart.
+_RANGE_SPAN_MS = 5000
 _PAGE = 1000  # entities a query returns a page
 
 
@@ -890,8 +895,9 @@ class TableLedger:
         self, addresses: Iterable[tuple[str, str]], select: list[str] | None = None
     ) -> dict[tuple[str, str], TableEntity]:
         """The notification entities at these addresses that exist, by address. Ids made within
-        ``_RANGE_GAP_MS`` of each other in one partition are read with one range scan (the
-        entities between them come along and are dropped); the rest with a point read each."""
+        ``_RANGE_GAP_MS`` of each other in one partition (and within ``_RANGE_SPAN_MS`` of the
+        first) are read with one range scan (the entities between them come along and are
+        dropped); the rest with a point read each."""
         by_partition: dict[str, list[str]] = {}
         for pk, rk in set(addresses):
             by_partition.setdefault(pk, []).append(rk)
@@ -905,7 +911,9 @@ class TableLedger:
             row_keys.sort()
             run = [row_keys[0]]
             for rk in row_keys[1:]:
-                if len(run) == _PAGE or _id_millis(rk) - _id_millis(run[-1]) > _RANGE_GAP_MS:
+                made = _id_millis(rk)
+                if (len(run) == _PAGE or made - _id_millis(run[-1]) > _RANGE_GAP_MS
+                        or made - _id_millis(run[0]) > _RANGE_SPAN_MS):
                     reads.append((pk, run))
                     run = []
                 run.append(rk)

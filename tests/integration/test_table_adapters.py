@@ -33,7 +33,7 @@ from shared.adapters.table_rate_limiter import TableRateLimiter
 from shared.adapters.table_suppressions import TableSuppressionList
 from shared.domain.commands import ApplyDeliveryReports
 from shared.domain.errors import ConcurrencyConflict
-from shared.domain.model import Channel, DeliveryReport, NotificationStatus, Suppression
+from shared.domain.model import Channel, DeliveryReport, NotificationStatus, Suppression, new_notification_id
 from shared.service.handlers import apply_delivery_reports
 from shared.service.quota import SendQuota
 from tests import azurite
@@ -480,14 +480,20 @@ def test_a_batch_read_returns_only_the_notifications_asked_for(ledger):
 
 
 def test_a_save_in_a_transaction_that_another_writer_got_to_first_loses_only_that_notification(tables):
-    # Given thirty emails two instances have read, and a rival that has since saved three of them
-    service, prefix, _ = tables
+    # Given thirty emails in one shard that two instances have read, and a rival that has since
+    # saved three of them
+    service, prefix, requests_made = tables
     handler, rival = TableLedger(service, prefix=prefix), TableLedger(service, prefix=prefix)
     try:
-        notifications = [handler.get(handler.add(email(to=("ann@example.com",), cc=())).id) for _ in range(30)]
+        notifications = []
+        for nid in ids_in_one_shard(30):
+            n = email(to=("ann@example.com",), cc=())
+            n.id = nid
+            notifications.append(handler.get(handler.add(n).id))
         victims = {n.id for n in notifications[::10]}
         for nid in victims:
             rival.save(sent(rival.get(nid), at(1), prefix="rival"))
+        requests_made.clear()
 
         # When the handler saves all thirty in one batch
         for n in notifications:
@@ -495,25 +501,31 @@ def test_a_save_in_a_transaction_that_another_writer_got_to_first_loses_only_tha
         lost = handler.save_many(notifications)
 
         # Then it lost exactly the three the rival changed, which keep the rival's change, and
-        # every other one carries the handler's
+        # every other one carries the handler's, written in transactions that left out each
+        # loser the service named rather than one at a time
         assert {n.id for n in lost} == victims
         for n in notifications:
             stored = rival.get(n.id)
             expected = "rival" if n.id in victims else "handler"
             assert stored.message_ids == {f"{expected}-email"}, n.id
+        single_writes = [url for m, url in requests_made if m == "PUT" and f"/{prefix}notifications(" in url]
+        assert single_writes == []
     finally:
         handler.close()
         rival.close()
 
 
 def test_notifications_too_big_to_share_one_transaction_request_are_saved_in_several(ledger):
-    # Given twelve emails whose documents are about 400 KB each: 4.8 MB in all, over a transaction's
-    # 4 MiB
+    # Given twelve emails in one shard whose texts are 200,000 characters, half of them quotes
+    # (escaped once in the stored document and again in the request): about 4.8 MB of request in
+    # all, over a transaction's 4 MiB
     notifications = []
-    for _ in range(12):
+    for nid in ids_in_one_shard(12):
         n = email()
-        n.content["text"] = "x" * 400_000
+        n.id = nid
+        n.content["text"] = 'q"' * 100_000
         notifications.append(ledger.add(n))
+    assert len({_address(n.id)[0] for n in notifications}) == 1
 
     # When they are saved in one batch
     for n in notifications:
@@ -523,7 +535,48 @@ def test_notifications_too_big_to_share_one_transaction_request_are_saved_in_sev
     # Then every one was written whole
     for n in notifications:
         stored = ledger.get(n.id)
-        assert len(stored.content["text"]) == 400_000 and stored.message_ids == {f"{n.id}-email"}
+        assert stored.content["text"] == 'q"' * 100_000 and stored.message_ids == {f"{n.id}-email"}
+
+
+def test_a_range_read_spans_a_few_seconds_however_many_wanted_ids_chain_together(ledger, tables):
+    # Given forty emails in one shard made 0.9 s apart (ids chained by gaps under a second), with
+    # another email made between each two, all sent with their ids as message ids
+    _, prefix, requests_made = tables
+    start = int(T0.timestamp() * 1000)
+    wanted, others = [], []
+    for i in range(40):
+        for made, into in ((start + 900 * i, wanted), (start + 900 * i + 450, others)):
+            n = email(cc=())
+            n.id = id_made_at(made)
+            n.record_all_sent(at(1), n.id)
+            into.append(ledger.add(n).id)
+    requests_made.clear()
+
+    # When the wanted ones are looked up together
+    found = ledger.find_by_message_ids(wanted)
+
+    # Then they are all found, with several range reads of a few seconds each rather than one
+    # read of all 36 seconds (and every email between them)
+    assert set(found) == set(wanted)
+    reads = [url for m, url in requests_made if m == "GET" and f"/{prefix}notifications" in url]
+    assert len(reads) >= 36 // 5
+
+
+def id_made_at(millis: int) -> str:
+    """A UUIDv7 made at ``millis``, in shard 0 (its last hex digit)."""
+    value = (millis << 80) | (7 << 76) | (uuid.uuid4().int & ((1 << 76) - 1))
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)  # the RFC 4122 variant
+    return str(uuid.UUID(int=value & ~0xF))
+
+
+def ids_in_one_shard(count: int) -> list[str]:
+    """``count`` new notification ids that share a shard (their last hex digit), in order."""
+    ids: list[str] = []
+    while len(ids) < count:
+        candidate = new_notification_id()
+        if candidate.endswith("0"):
+            ids.append(candidate)
+    return ids
 
 
 def test_transactions_hold_one_partition_at_most_a_hundred_entities_and_each_entity_once():
