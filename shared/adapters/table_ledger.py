@@ -138,6 +138,7 @@ _BATCH = 100  # operations per entity-group transaction
 # A transaction's request may carry 4 MiB; documents are written whole, so transactions are cut
 # well below that.
 _BATCH_BYTES = 3 * 1024 * 1024
+_REFUSED = object()  # an entity a transaction was refused on (``TableStore._submit_each``)
 #: Requests one adapter keeps in flight when it reads or writes many partitions at once (the
 #: ``TABLE_CONCURRENCY`` setting); the client's connection pool must hold as many connections.
 DEFAULT_CONCURRENCY = 8
@@ -342,30 +343,50 @@ class TableStore:
             raise
 
     def replace_many_if(self, name: str, items: list[tuple[dict[str, Any], str]]) -> list[str | None]:
-        """``replace_if`` for each ``(entity, etag)``, answers in the same order; one transaction per
-        partition and hundred entities (or ``_BATCH_BYTES``). A transaction fails as a whole when
-        one entity changed; the service names that one, which is lost, and the others go again in
-        a transaction without it, so they still land."""
+        """``replace_if`` for each ``(entity, etag)``, answers in the same order, in transactions
+        (``_submit_each``): one that changed or went is lost, and the others still land."""
+        return [None if answer is _REFUSED else answer for answer in self._submit_each(name, "update", items, (404, 412))]
 
-        def write(chunk: list[int]) -> list[tuple[int, str | None]]:
-            answers: list[tuple[int, str | None]] = []
+    def create_each(self, name: str, entities: list[dict[str, Any]]) -> list[bool]:
+        """``create`` for each entity, answers in the same order, in transactions
+        (``_submit_each``): one whose keys are taken is not created, and the others are."""
+        return [answer is not _REFUSED for answer in self._submit_each(name, "create", [(e, None) for e in entities], (409,))]
+
+    def _submit_each(
+        self, name: str, kind: str, items: list[tuple[dict[str, Any], str | None]], refusals: tuple[int, ...]
+    ) -> list[str | None | object]:
+        """Apply one kind of operation to each ``(entity, etag)``, one transaction per partition
+        and hundred entities (or ``_BATCH_BYTES``): each answer is the entity's new ETag (None for
+        a delete), or ``_REFUSED`` when the service refused that entity with a status in
+        ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
+        and the rest go again without it."""
+
+        def alone(i: int) -> str | None | object:
+            # A lone entity is a plain request, as a single save is.
+            entity, etag = items[i]
+            if kind == "update":
+                written = self.replace_if(name, entity, etag)
+                return _REFUSED if written is None else written
+            return None if self.create(name, entity) else _REFUSED
+
+        def submit(chunk: list[int]) -> list[tuple[int, str | None | object]]:
+            answers: list[tuple[int, str | None | object]] = []
             while len(chunk) > 1:
                 try:
-                    written = submit_transaction(self.table(name), [("update", *items[i]) for i in chunk])
+                    written = submit_transaction(self.table(name), [(kind, *items[i]) for i in chunk])
                     return answers + list(zip(chunk, written))
                 except TransactionRefused as refused:
-                    if refused.status_code not in (404, 412) or refused.index is None or refused.index >= len(chunk):
+                    if refused.status_code not in refusals or refused.index is None or refused.index >= len(chunk):
                         raise
-                    # That one changed (or went): it is lost, and the rest go again without it.
-                    answers.append((chunk[refused.index], None))
+                    answers.append((chunk[refused.index], _REFUSED))
                     chunk = chunk[: refused.index] + chunk[refused.index + 1 :]
-            return answers + [(i, self.replace_if(name, *items[i])) for i in chunk]
+            return answers + [(i, alone(i)) for i in chunk]
 
-        etags: list[str | None] = [None] * len(items)
-        for answers in self.map(write, list(_transactions([entity for entity, _ in items]))):
-            for i, etag in answers:
-                etags[i] = etag
-        return etags
+        results: list[str | None | object] = [_REFUSED] * len(items)
+        for answers in self.map(submit, list(_transactions([entity for entity, _ in items]))):
+            for i, answer in answers:
+                results[i] = answer
+        return results
 
     def delete(self, name: str, pk: str, rk: str, etag: str | None = None) -> bool:
         """Delete (only if it still has ``etag``, when given); False when it changed. A missing
@@ -415,21 +436,8 @@ class TableStore:
         self.map(write, list(_batches(entities)))
 
     def create_many(self, name: str, entities: Iterable[dict[str, Any]]) -> int:
-        """Insert each entity whose keys are free and return how many were; one transaction per
-        partition and hundred entities where none exists yet (a transaction fails as a whole when
-        one does), else one insert each."""
-
-        def create(batch: list[dict[str, Any]]) -> int:
-            if len(batch) > 1:
-                try:
-                    submit_transaction(self.table(name), [("create", e, None) for e in batch])
-                    return len(batch)
-                except HttpResponseError as error:
-                    if _status(error) != 409:
-                        raise
-            return sum(self.map(lambda e: self.create(name, e), batch))
-
-        return sum(create(batch) for batch in _batches(entities))
+        """Insert each entity whose keys are free and return how many were (``create_each``)."""
+        return sum(self.create_each(name, list(entities)))
 
     def delete_many(self, name: str, keys: Iterable[tuple[str, str]]) -> None:
         """Delete whatever of these exists, one transaction per partition and hundred keys where
@@ -828,7 +836,24 @@ class TableLedger:
     # ------------------------------------------------------------------ add and get
 
     def add_many(self, notifications: list[Notification]) -> list[Notification]:
-        return [self.add(n) for n in notifications]
+        # Notifications without an idempotency key have nothing to claim: those made together are
+        # written together, a transaction a shard (a batch's share the hour's 16 partitions).
+        plain = [n for n in notifications if not n.idempotency_key]
+        if len(plain) > 1:
+            self._add_together(plain)
+        together = {id(n) for n in plain} if len(plain) > 1 else set()
+        return [n if id(n) in together else self.add(n) for n in notifications]
+
+    def _add_together(self, notifications: list[Notification]) -> None:
+        """``add`` for notifications without idempotency keys, each step for all at once."""
+        self._write_ahead([(n, None) for n in notifications])
+        created = self._store.create_each(NOTIFICATIONS, [self._entity(n, 1) for n in notifications])
+        stored = [n for n, ok in zip(notifications, created) if ok]
+        self._write_behind([(n, None) for n in stored])
+        for n in stored:
+            n.version = 1
+        if len(stored) < len(notifications):
+            raise ConcurrencyConflict(next(n.id for n, ok in zip(notifications, created) if not ok))
 
     def add(self, notification: Notification) -> Notification:
         for _ in range(_ADD_TRIES):

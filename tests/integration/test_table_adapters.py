@@ -463,6 +463,25 @@ def test_a_batch_of_notifications_made_in_one_hour_is_read_and_saved_a_shard_at_
     assert {ledger.get(n.id).recipients[0].status.value for n in notifications} == {"delivered"}
 
 
+def test_a_batch_of_notifications_without_idempotency_keys_is_added_a_shard_at_a_time(ledger, tables):
+    # Given a hundred emails accepted together, and one more with an idempotency key
+    _, prefix, requests_made = tables
+    batch = [email(cc=()) for _ in range(100)] + [email(cc=(), idempotency_key=f"key-{uuid.uuid4()}")]
+    requests_made.clear()
+
+    # When they are added in one call, as batch intake adds them
+    stored = ledger.add_many(batch)
+
+    # Then each is stored, counted by the reconciliation window and found as not yet queued, with
+    # a few dozen requests in all rather than several for each notification
+    assert [n.id for n in stored] == [n.id for n in batch] and {n.version for n in stored} == {1}
+    assert len(requests_made) < 60, len(requests_made)
+    assert all(ledger.get(n.id) is not None for n in batch)
+    counts = ledger.status_counts(start=at(-1), end=at(1))
+    assert sum(counts.values()) == 101
+    assert {n.id for n in ledger.unqueued(accepted_before=at(1), limit=200)} == {n.id for n in batch}
+
+
 def test_a_batch_read_returns_only_the_notifications_asked_for(ledger):
     # Given a hundred emails made one after another, so that they sit side by side in their 16 shards,
     # each sent with its own id as its message id (the ACS operation id)
