@@ -54,6 +54,9 @@ Tables (``<prefix><name>``, created on first use):
   then the notification. A key whose holder does not exist was left by an ``add`` that crashed in
   between: it is taken over with an ETag-conditional write, and an ``add`` that finds it lost
   its key after creating its notification deletes it again, so one key keeps one notification.
+  ``add_many`` takes the notifications without a key together, each step for all of them (their
+  entries, their entities in a transaction a shard, their window entries): a batch of 100 at
+  intake is a few dozen requests instead of four a notification.
 * Index entries that make a notification *visible* (its message ids, its ``awaiting`` and
   ``unqueued`` entries) are written before the notification, and entries that hide it are
   deleted after, so a crash or a lost race can leave an extra entry but never lose one. Readers
