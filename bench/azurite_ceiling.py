@@ -59,8 +59,9 @@ sys.path.insert(0, str(ROOT))
 from tests import azurite  # noqa: E402
 
 TABLE = "ceiling"
-#: The RowKey of every entity: "" as the ledger's notifications have, or (``--distinct-row-keys``) the
-#: PartitionKey again, to show what Azurite's lookup costs when RowKeys tell entities apart.
+#: The RowKey of every entity: "" as the ledger's notifications had before ids were time-ordered
+#: (older ids still do), or (``--distinct-row-keys``) the PartitionKey again, to show what
+#: Azurite's lookup costs when RowKeys tell entities apart.
 ROW_KEY: Callable[[str], str] = lambda key: ""
 API_VERSION = "2019-02-02"
 
@@ -262,7 +263,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=1024,
                         help="a multiple of every concurrency, so no two workers write the same entity")
     parser.add_argument("--distinct-row-keys", action="store_true",
-                        help="RowKey = PartitionKey instead of the ledger's empty RowKey")
+                        help="RowKey = PartitionKey instead of the empty RowKey of the ledger's older notifications")
     parser.add_argument("--only", default="", help="comma-separated style prefixes to run (default: all)")
     args = parser.parse_args()
     wanted = [s for s in args.only.split(",") if s]
