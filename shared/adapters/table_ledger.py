@@ -358,10 +358,10 @@ class TableStore:
     def _submit_each(
         self, name: str, kind: str, items: list[tuple[dict[str, Any], str | None]], refusals: tuple[int, ...]
     ) -> list[str | None | object]:
-        """Apply one kind of operation to each ``(entity, etag)``, one transaction per partition
-        and hundred entities (or ``_BATCH_BYTES``): each answer is the entity's new ETag (None for
-        a delete), or ``_REFUSED`` when the service refused that entity with a status in
-        ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
+        """Apply one kind of operation ("update" or "create") to each ``(entity, etag)``, one
+        transaction per partition and hundred entities (or ``_BATCH_BYTES``): each answer is the
+        entity's new ETag (None for a lone create), or ``_REFUSED`` when the service refused that
+        entity with a status in ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
         and the rest go again without it."""
 
         def alone(i: int) -> str | None | object:
