@@ -358,10 +358,10 @@ class TableStore:
     def _submit_each(
         self, name: str, kind: str, items: list[tuple[dict[str, Any], str | None]], refusals: tuple[int, ...]
     ) -> list[str | None | object]:
-        """Apply one kind of operation ("update" or "create") to each ``(entity, etag)``, one
-        transaction per partition and hundred entities (or ``_BATCH_BYTES``): each answer is the
-        entity's new ETag (None for a lone create), or ``_REFUSED`` when the service refused that
-        entity with a status in ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
+        """Apply one kind of operation ("update", "create" or "delete") to each ``(entity, etag)``,
+        one transaction per partition and hundred entities (or ``_BATCH_BYTES``): each answer is
+        the entity's new ETag (None for a delete or a lone create), or ``_REFUSED`` when the
+        service refused that entity with a status in ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
         and the rest go again without it."""
 
         def alone(i: int) -> str | None | object:
@@ -370,6 +370,8 @@ class TableStore:
             if kind == "update":
                 written = self.replace_if(name, entity, etag)
                 return _REFUSED if written is None else written
+            if kind == "delete":
+                return None if self.delete(name, entity["PartitionKey"], entity["RowKey"], etag) else _REFUSED
             return None if self.create(name, entity) else _REFUSED
 
         def submit(chunk: list[int]) -> list[tuple[int, str | None | object]]:
@@ -430,34 +432,24 @@ class TableStore:
         """Upsert, one transaction per partition and hundred entities (a lone entity is a plain
         write: a transaction costs twice as much)."""
 
-        def write(batch: list[dict[str, Any]]) -> None:
-            if len(batch) == 1:
-                self.upsert(name, batch[0])
-            else:
-                submit_transaction(self.table(name), [("upsert", e, None) for e in batch])
+        entities = list(entities)
 
-        self.map(write, list(_batches(entities)))
+        def write(chunk: list[int]) -> None:
+            if len(chunk) == 1:
+                self.upsert(name, entities[chunk[0]])
+            else:
+                submit_transaction(self.table(name), [("upsert", entities[i], None) for i in chunk])
+
+        self.map(write, list(_transactions(entities)))
 
     def create_many(self, name: str, entities: Iterable[dict[str, Any]]) -> int:
         """Insert each entity whose keys are free and return how many were (``create_each``)."""
         return sum(self.create_each(name, list(entities)))
 
     def delete_many(self, name: str, keys: Iterable[tuple[str, str]]) -> None:
-        """Delete whatever of these exists, one transaction per partition and hundred keys where
-        possible (a transaction fails as a whole when one entity is already gone)."""
-
-        def delete(batch: list[dict[str, Any]]) -> None:
-            if len(batch) > 1:
-                try:
-                    submit_transaction(self.table(name), [("delete", e, None) for e in batch])
-                    return
-                except HttpResponseError as error:
-                    if _status(error) != 404:
-                        raise
-            for e in batch:
-                self.delete(name, e["PartitionKey"], e["RowKey"])
-
-        self.map(delete, list(_batches({"PartitionKey": pk, "RowKey": rk} for pk, rk in keys)))
+        """Delete whatever of these exists, in transactions (``_submit_each``): one already gone
+        is passed over, and the others are deleted."""
+        self._submit_each(name, "delete", [({"PartitionKey": pk, "RowKey": rk}, None) for pk, rk in keys], (404,))
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``[fn(item) for item in items]``, with up to ``concurrency`` of them in flight at once."""
@@ -504,15 +496,6 @@ def _request_size(entity: dict[str, Any]) -> int:
     (escapes included: a document is JSON already, so its quotes are escaped twice), and a little
     for each property's name, type and the rest."""
     return sum(len(json.dumps(value)) + 64 if isinstance(value, str) else 64 for value in entity.values())
-
-
-def _batches(entities: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    by_partition: dict[str, list[dict[str, Any]]] = {}
-    for entity in entities:
-        by_partition.setdefault(entity["PartitionKey"], []).append(entity)
-    for group in by_partition.values():
-        for start in range(0, len(group), _BATCH):
-            yield group[start : start + _BATCH]
 
 
 # ============================================================================ the ledger

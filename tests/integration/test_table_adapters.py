@@ -22,6 +22,7 @@ import pytest
 
 from shared.adapters.table_ledger import (
     TableLedger,
+    TableStore,
     TransactionRefused,
     _address,
     _transactions,
@@ -639,6 +640,21 @@ def test_an_id_made_before_ids_were_time_ordered_is_still_stored_found_saved_and
     assert ledger.get(old_id).recipients[0].status.value == "delivered"
     assert ledger.purge(accepted_before=at(0), limit=10) == 1
     assert ledger.get(old_id) is None
+
+
+def test_deleting_many_where_some_are_gone_already_deletes_the_rest_in_transactions(tables):
+    service, prefix, requests_made = tables
+    store = TableStore(service, prefix, ["things"])
+    store.upsert_many("things", [{"PartitionKey": "p", "RowKey": f"{i:02d}"} for i in range(10)])
+    store.delete("things", "p", "03")
+    store.delete("things", "p", "07")
+    requests_made.clear()
+
+    store.delete_many("things", [("p", f"{i:02d}") for i in range(10)])
+
+    assert len(requests_made) <= 3  # the transaction, and again without each one that was gone
+    assert list(store.scan("things")) == []
+    store.close()
 
 
 def test_a_transaction_keeps_awkward_keys_whole_and_names_the_operation_it_was_refused_on(tables):
