@@ -795,6 +795,7 @@ class _SlowTableService(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _SlowTableHandler)
         self.connections = 0
+        self.authorizations: list[str | None] = []
         self.count_lock = threading.Lock()
 
 
@@ -807,6 +808,7 @@ class _SlowTableHandler(http.server.BaseHTTPRequestHandler):
             self.server.connections += 1
 
     def _answer(self, status: int, code: str) -> None:
+        self.server.authorizations.append(self.headers.get("Authorization"))
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         time.sleep(0.05)
         body = json.dumps({"odata.error": {"code": code, "message": {"lang": "en-US", "value": code}}}).encode()
@@ -846,6 +848,33 @@ def test_a_client_built_for_more_requests_than_requests_default_pool_keeps_its_c
 
     # Then it opened one connection per request in flight, not one per read
     assert server.connections <= 16
+
+
+def test_a_netrc_login_for_the_storage_host_does_not_replace_the_clients_signature(tmp_path, monkeypatch):
+    # Given a .netrc with a login for the storage host, and no proxy configured
+    from shared.bootstrap import table_service_client
+
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    server = _SlowTableService()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # When the client bootstrap builds reads a notification
+        endpoint = azurite.connection_string(server.server_address[1])
+        ledger = TableLedger(table_service_client(connection_string=endpoint, concurrency=2))
+        assert ledger.get(str(uuid.uuid4())) is None
+        ledger.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Then every request carried the account's signature, not the .netrc's basic login (requests
+    # looks for one on every request while it trusts the environment)
+    assert server.authorizations and all(a.startswith("SharedKey ") for a in server.authorizations)
 
 
 # ---------------------------------------------------------------------------- tables and quotas
