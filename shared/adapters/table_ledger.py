@@ -358,15 +358,19 @@ class TableStore:
     def _submit_each(
         self, name: str, kind: str, items: list[tuple[dict[str, Any], str | None]], refusals: tuple[int, ...]
     ) -> list[str | None | object]:
-        """Apply one kind of operation ("update", "create" or "delete") to each ``(entity, etag)``,
-        one transaction per partition and hundred entities (or ``_BATCH_BYTES``): each answer is
-        the entity's new ETag (None for a delete or a lone create), or ``_REFUSED`` when the
-        service refused that entity with a status in ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
+        """Apply one kind of operation ("upsert", "update", "create" or "delete") to each
+        ``(entity, etag)``, one transaction per partition and hundred entities (or
+        ``_BATCH_BYTES``): each answer is the entity's new ETag (None for a delete, a lone upsert
+        or a lone create), or ``_REFUSED`` when the service refused that entity with a status in
+        ``refusals``. A transaction fails as a whole; the service names the entity it failed on,
         and the rest go again without it."""
 
         def alone(i: int) -> str | None | object:
             # A lone entity is a plain request, as a single save is.
             entity, etag = items[i]
+            if kind == "upsert":
+                self.upsert(name, entity)
+                return None
             if kind == "update":
                 written = self.replace_if(name, entity, etag)
                 return _REFUSED if written is None else written
@@ -429,18 +433,8 @@ class TableStore:
         return iter(self.table(name).list_entities(select=select))
 
     def upsert_many(self, name: str, entities: Iterable[dict[str, Any]]) -> None:
-        """Upsert, one transaction per partition and hundred entities (a lone entity is a plain
-        write: a transaction costs twice as much)."""
-
-        entities = list(entities)
-
-        def write(chunk: list[int]) -> None:
-            if len(chunk) == 1:
-                self.upsert(name, entities[chunk[0]])
-            else:
-                submit_transaction(self.table(name), [("upsert", entities[i], None) for i in chunk])
-
-        self.map(write, list(_transactions(entities)))
+        """Upsert, in transactions (``_submit_each``)."""
+        self._submit_each(name, "upsert", [(e, None) for e in entities], ())
 
     def create_many(self, name: str, entities: Iterable[dict[str, Any]]) -> int:
         """Insert each entity whose keys are free and return how many were (``create_each``)."""
